@@ -1,0 +1,12 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="cellseg_d2",
+    version="0.1.0",
+    description="YOLACT instance segmentation of cells in phase-contrast microscopy, on Detectron2",
+    packages=find_packages(include=["cellseg_d2", "cellseg_d2.*"]),
+    python_requires=">=3.10,<3.11",
+    # The pinned stack (torch 2.3.1, sal-detectron2 0.7.2, ...) is in requirements.txt and is
+    # installed by tools/setup_env.sh; listing it here would let pip pick other torch builds.
+    install_requires=["numpy<2", "opencv-python-headless", "pycocotools", "tqdm"],
+)

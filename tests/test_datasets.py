@@ -1,0 +1,70 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+import cellseg_d2  # noqa: F401
+from cellseg_d2.data.datasets import DatasetMissingError
+from cellseg_d2.data.livecell import LIVECELL_CLASSES
+
+
+def test_names_are_registered_on_import():
+    names = set(DatasetCatalog.list())
+    for split in ("train", "val", "test"):
+        assert {f"sartorius_{split}", f"livecell_{split}", f"synthetic_{split}",
+                f"livecell_a172_{split}"} <= names
+    assert {"sartorius_recon_train", "sartorius_recon_val"} <= names
+    assert MetadataCatalog.get("sartorius_train").thing_classes == ["shsy5y", "astro", "cort"]
+    assert MetadataCatalog.get("livecell_val").thing_classes == list(LIVECELL_CLASSES)
+    assert MetadataCatalog.get("livecell_skov3_test").thing_classes == ["SKOV3"]
+
+
+def test_missing_data_is_reported_on_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLSEG_DATASETS", str(tmp_path))
+    with pytest.raises(DatasetMissingError, match="dataset 'sartorius_val'.*convert_sartorius"):
+        DatasetCatalog.get("sartorius_val")
+    with pytest.raises(DatasetMissingError, match="dataset 'livecell_train'"):
+        DatasetCatalog.get("livecell_train")
+
+
+def test_synthetic_loads_through_the_catalog(tiny_synthetic, monkeypatch):
+    monkeypatch.setenv("CELLSEG_DATASETS", str(tiny_synthetic))
+    dicts = DatasetCatalog.get("synthetic_train")
+    assert len(dicts) == 4
+    for d in dicts:
+        assert cv2.imread(d["file_name"]) is not None
+        assert d["annotations"] and all(0 <= a["category_id"] < 3 for a in d["annotations"])
+    assert MetadataCatalog.get("synthetic_train").json_file.endswith("annotations/train.json")
+
+
+def test_livecell_official_layout(tmp_path, monkeypatch):
+    root = tmp_path / "livecell"
+    images = root / "images" / "livecell_train_val_images"
+    (images / "BV2").mkdir(parents=True)
+    names = ["A172_Phase_A7_1_00d00h00m_1.tif", "BV2_Phase_A4_1_00d00h00m_2.tif"]
+    cv2.imwrite(str(images / names[0]), np.zeros((520, 704), np.uint8))
+    cv2.imwrite(str(images / "BV2" / names[1]), np.zeros((520, 704), np.uint8))
+    poly = [[10, 10, 30, 10, 30, 25, 10, 25]]
+    data = {"categories": [{"id": 1, "name": "cell"}],
+            "images": [{"id": 7, "file_name": names[0], "width": 704, "height": 520},
+                       {"id": 9, "file_name": names[1], "width": 704, "height": 520}],
+            # the official files key annotations by id
+            "annotations": {"1": {"id": 1, "image_id": 7, "category_id": 1, "segmentation": poly,
+                                  "bbox": [10, 10, 20, 15], "area": 300, "iscrowd": 0},
+                            "2": {"id": 2, "image_id": 9, "category_id": 1, "segmentation": poly,
+                                  "bbox": [10, 10, 20, 15], "area": 300, "iscrowd": 0}}}
+    ann_dir = root / "annotations" / "LIVECell"
+    ann_dir.mkdir(parents=True)
+    (ann_dir / "livecell_coco_train.json").write_text(json.dumps(data))
+    single = root / "annotations" / "LIVECell_single_cells" / "bv2"
+    single.mkdir(parents=True)
+    data_bv2 = dict(data, images=data["images"][1:], annotations=[data["annotations"]["2"]])
+    (single / "train.json").write_text(json.dumps(data_bv2))
+    monkeypatch.setenv("CELLSEG_DATASETS", str(tmp_path))
+    dicts = DatasetCatalog.get("livecell_train")
+    assert [d["annotations"][0]["category_id"] for d in dicts] == [0, 2]  # A172, BV2
+    assert all(cv2.imread(d["file_name"]) is not None for d in dicts)
+    bv2 = DatasetCatalog.get("livecell_bv2_train")
+    assert len(bv2) == 1 and bv2[0]["annotations"][0]["category_id"] == 0

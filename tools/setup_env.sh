@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Create .venv with the pinned Detectron2 stack (see README "Environment").
+# Idempotent: does nothing when .venv already imports detectron2 and cellseg_d2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import detectron2, cellseg_d2" 2>/dev/null; then
+    exit 0
+fi
+
+find_python310() {
+    if [ -n "${PYTHON310:-}" ]; then echo "$PYTHON310"; return 0; fi
+    local c
+    # The pyenv shim refuses to run when the global version is not 3.10, so look for real binaries.
+    for c in "$HOME"/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do
+        if [ -x "$c" ] && "$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
+            echo "$c"; return 0
+        fi
+    done
+    if PYENV_VERSION=3.10.13 python3.10 -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
+        PYENV_VERSION=3.10.13 python3.10 -c 'import sys; print(sys.executable)'; return 0
+    fi
+    return 1
+}
+
+PY=$(find_python310) || {
+    echo "error: CPython 3.10 not found (sal-detectron2 0.7.2 ships only a cp310 wheel)." >&2
+    echo "       install it (e.g. 'pyenv install 3.10.13') or set PYTHON310=/path/to/python3.10" >&2
+    exit 1
+}
+echo "[setup] creating $VENV with $PY"
+rm -rf "$VENV"
+"$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -r requirements.txt
+"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+"$VENV/bin/python" -c "import detectron2, torch, cellseg_d2; print('[setup] detectron2', detectron2.__version__, 'torch', torch.__version__)"
