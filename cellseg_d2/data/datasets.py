@@ -8,6 +8,7 @@ dataset is loaded, so importing never touches the disk. See datasets/README.md f
 | sartorius_{train,val,test}       | sartorius/annotations/{split}.json (tools/convert_sartorius.py) |
 | sartorius_recon_{train,val}      | sartorius_recon/annotations/{split}.json (real images in ../shared) |
 | synthetic_{train,val,test}       | synthetic/annotations/{split}.json (tools/make_synthetic.py) |
+| synthetic_overfit_train          | synthetic_overfit/annotations/train.json: 12 images, 4 per type |
 | livecell_{train,val,test}        | livecell/annotations/LIVECell/livecell_coco_{split}.json  |
 | livecell_{celltype}_{split}      | livecell/annotations/LIVECell_single_cells/{celltype}/{split}.json |
 """
@@ -73,6 +74,9 @@ def register_all() -> None:
                              f"{convert} --data-dir <kaggle folder> --out-dir <root>/sartorius")
         register_kaggle_coco(f"synthetic_{split}", "synthetic", split,
                              "run tools/make_synthetic.py (or `make demo`)")
+    register_kaggle_coco("synthetic_overfit_train", "synthetic_overfit", "train",
+                         "run tools/make_synthetic.py --out-dir <root>/synthetic_overfit "
+                         "--images-per-type 4 --convert --split 12,0,0")
     for split in ("train", "val"):
         register_kaggle_coco(f"sartorius_recon_{split}", "sartorius_recon", split,
                              f"{convert} --data-dir ../shared/data/sartorius_recon "

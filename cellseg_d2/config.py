@@ -1,0 +1,43 @@
+"""YOLACT configuration: ``add_yolact_config(cfg)`` adds ``cfg.MODEL.YOLACT``."""
+from detectron2.config import CfgNode as CN
+
+
+def add_yolact_config(cfg):
+    cfg.MODEL.YOLACT = CN()
+    _C = cfg.MODEL.YOLACT
+    _C.NUM_CLASSES = 3
+    _C.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    _C.PROTO_FEATURE = "p3"
+    # Protonet: 3 x (3x3 conv + ReLU), x2 upsample, 3x3 conv + ReLU, 1x1 conv to k, ReLU.
+    _C.NUM_PROTOTYPES = 32
+    _C.PROTONET_CHANNELS = 256
+    # Shared prediction head: NUM_HEAD_CONVS x (3x3 conv + ReLU) before the three 3x3 outputs.
+    _C.NUM_HEAD_CONVS = 1
+    _C.HEAD_NORM = ""
+    # Matching: IoU >= POS_IOU positive, < NEG_IOU background, between ignored; every ground
+    # truth also gets its best anchor.
+    _C.POS_IOU = 0.5
+    _C.NEG_IOU = 0.4
+    _C.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # YOLACT's variances 0.1 / 0.2
+    _C.SMOOTH_L1_BETA = 1.0
+    _C.NEGPOS_RATIO = 3  # OHEM: hardest background anchors per positive
+    _C.CLASS_LOSS_WEIGHT = 1.0
+    _C.BOX_LOSS_WEIGHT = 1.5
+    _C.MASK_LOSS_WEIGHT = 6.125
+    _C.SEMSEG_LOSS_WEIGHT = 1.0
+    # Masks trained per image (random subset of positives); the reference uses 100, cell
+    # images have up to ~800 cells.
+    _C.MASKS_TO_TRAIN = 300
+    # Inference.
+    _C.SCORE_THRESH_TEST = 0.05
+    _C.NMS_THRESH_TEST = 0.5
+    _C.TOPK_CANDIDATES_TEST = 2000  # per class, before Fast NMS
+    _C.MASK_THRESH_TEST = 0.5
+    # Padding multiple for the input batch. P6/P7 come from P5 by strided convs, so 32 (the
+    # FPN top-down path's need) is enough; the FPN's own 128 would pad 520 to 640.
+    _C.SIZE_DIVISIBILITY = 32
+
+    cfg.MODEL.MASK_ON = True
+    cfg.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
+    cfg.INPUT.VERTICAL_FLIP = True
+    cfg.TEST.DETECTIONS_PER_IMAGE = 1000

@@ -1,0 +1,64 @@
+"""YOLACT losses: OHEM softmax classification, smooth-L1 boxes, cropped prototype-mask BCE and
+the semantic-segmentation auxiliary loss."""
+import torch
+import torch.nn.functional as F
+
+
+def ohem_class_loss(logits, labels, negpos_ratio: int):
+    """Softmax cross entropy over positives and the hardest ``negpos_ratio`` x positives
+    background anchors of each image; summed (the caller normalises by the positive count).
+
+    logits (N, R, C+1), background is the last class; labels (N, R): class index for
+    positives, C for background, -1 ignored.
+    """
+    num_classes = logits.shape[-1] - 1
+    pos = (labels >= 0) & (labels < num_classes)
+    neg_candidates = labels == num_classes
+    with torch.no_grad():
+        bg_loss = torch.logsumexp(logits, dim=-1) - logits[..., num_classes]
+        bg_loss = torch.where(neg_candidates, bg_loss, torch.full_like(bg_loss, -1.0))
+        num_neg = (pos.sum(dim=1, keepdim=True) * negpos_ratio).clamp(max=logits.shape[1] - 1)
+        order = bg_loss.argsort(dim=1, descending=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        neg = neg_candidates & (rank < num_neg)
+    keep = pos | neg
+    if not keep.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[keep], labels[keep], reduction="sum")
+
+
+def box_loss(pred_deltas, target_deltas, beta: float):
+    return F.smooth_l1_loss(pred_deltas, target_deltas, beta=beta, reduction="sum")
+
+
+def box_region(boxes, height: int, width: int):
+    """(n, h, w) bool: pixels whose centres lie inside each box (boxes in pixel units)."""
+    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5
+    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5
+    x0, y0, x1, y1 = (boxes[:, i, None] for i in range(4))
+    inside_y = (ys[None] >= y0) & (ys[None] < y1)
+    inside_x = (xs[None] >= x0) & (xs[None] < x1)
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def mask_loss(proto, coefs, gt_masks, gt_boxes, stride: float):
+    """Per instance: BCE between sigmoid(proto . coef) and its ground-truth mask, summed inside
+    the ground-truth box and divided by the box area, so small and large cells weigh alike.
+
+    proto (k, h, w); coefs (n, k); gt_masks (n, h, w) float 0/1 at prototype resolution;
+    gt_boxes (n, 4) in input pixels. Returns the sum over instances.
+    """
+    logits = torch.einsum("khw,nk->nhw", proto, coefs)
+    boxes = gt_boxes / stride
+    region = box_region(boxes, *proto.shape[1:]).to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, gt_masks, reduction="none") * region
+    area = region.sum(dim=(1, 2)).clamp(min=1.0)
+    return (bce.sum(dim=(1, 2)) / area).sum()
+
+
+def semantic_loss(seg_logits, targets):
+    """BCE with logits, summed over classes and pixels, divided by pixels; summed over images.
+    seg_logits / targets (N, C, h, w)."""
+    h, w = seg_logits.shape[-2:]
+    return F.binary_cross_entropy_with_logits(seg_logits, targets, reduction="sum") / (h * w)

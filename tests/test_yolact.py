@@ -1,0 +1,214 @@
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
+
+import cellseg_d2  # noqa: F401
+from cellseg_d2 import add_yolact_config
+from cellseg_d2.modeling.inference import fast_nms, paste_masks, upsample_probabilities
+from cellseg_d2.modeling.loss import mask_loss, ohem_class_loss
+from cellseg_d2.modeling.matching import match_anchors
+
+
+def tiny_cfg(**overrides):
+    cfg = get_cfg()
+    add_yolact_config(cfg)
+    cfg.merge_from_file("configs/synthetic_R18_cpu.yaml")
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.YOLACT.PROTONET_CHANNELS = 32
+    cfg.MODEL.YOLACT.NUM_PROTOTYPES = 8
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.FPN.NORM = ""
+    cfg.MODEL.YOLACT.HEAD_NORM = ""
+    for k, v in overrides.items():
+        cfg.merge_from_list([k, v])
+    return cfg
+
+
+def make_input(h, w, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 255, (3, h, w), generator=g).float()
+    inst = Instances((h, w))
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w - 24.0, h - 24.0])
+    boxes = torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=g) * 14], dim=1).round()
+    masks = torch.zeros(n, h, w, dtype=torch.bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+        masks[i, y0:y1, x0:x1] = True
+        image[:, y0:y1, x0:x1] = 40.0  # dark cells so the batch is learnable
+    inst.gt_boxes = Boxes(boxes)
+    inst.gt_classes = torch.randint(0, 3, (n,), generator=g)
+    inst.gt_masks = BitMasks(masks)
+    return {"image": image, "instances": inst}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_cfg())
+
+
+def test_train_mode_losses_with_an_empty_image(model):
+    model.train()
+    losses = model([make_input(96, 128, 6), make_input(96, 128, 0, seed=1)])
+    assert set(losses) == {"loss_cls", "loss_box", "loss_mask", "loss_semseg"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.head.coef.weight.grad.abs().sum() > 0
+    assert model.protonet.out.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    only_empty = model([make_input(96, 128, 0, seed=2)])
+    assert all(torch.isfinite(v) for v in only_empty.values())
+    assert only_empty["loss_mask"] == 0 and only_empty["loss_box"] == 0
+
+
+def test_eval_mode_outputs_at_original_size(model):
+    model.eval()
+    model.score_thresh = 0.0
+    with torch.no_grad():
+        out = model([{"image": make_input(96, 128, 0)["image"], "height": 150, "width": 200}])
+    model.score_thresh = 0.05
+    inst = out[0]["instances"]
+    assert inst.image_size == (150, 200)
+    n = len(inst)
+    assert 0 < n <= 1000
+    assert inst.pred_masks.shape == (n, 150, 200) and inst.pred_masks.dtype == torch.bool
+    assert inst.pred_boxes.tensor.shape == (n, 4) and inst.scores.shape == (n,)
+    assert (inst.scores[:-1] >= inst.scores[1:]).all()
+    assert inst.pred_classes.max() < 3
+    assert (inst.pred_boxes.tensor[:, 2] <= 200).all() and (inst.pred_boxes.tensor[:, 3] <= 150).all()
+
+
+def test_up_to_1000_detections_per_image():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(**{"MODEL.YOLACT.SCORE_THRESH_TEST": 0.0, "MODEL.YOLACT.NMS_THRESH_TEST": 0.99})
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        inst = model([{"image": torch.rand(3, 256, 352) * 255}])[0]["instances"]
+    assert len(inst) == 1000
+
+
+def brute_force_match(gt, anchors, pos, neg):
+    iou = pairwise_iou(gt, anchors)
+    label = torch.full((len(anchors),), -1)
+    best_iou, best_gt = iou.max(0)
+    for a in range(len(anchors)):
+        if best_iou[a] >= pos:
+            label[a] = 1
+        elif best_iou[a] < neg:
+            label[a] = 0
+    for g in range(len(gt)):
+        a = int(iou[g].argmax())
+        best_gt[a] = g
+        label[a] = 1
+    return best_gt, label
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matching_equals_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    def rand_boxes(n, lo, hi):
+        xy = torch.rand(n, 2, generator=g) * 100
+        return Boxes(torch.cat([xy, xy + lo + torch.rand(n, 2, generator=g) * (hi - lo)], 1))
+    anchors = rand_boxes(400, 5, 30)
+    gt = rand_boxes(60, 5, 30)
+    gt.tensor[5] = gt.tensor[4]  # duplicate ground truth: shares its best anchor
+    expected_idx, expected_label = brute_force_match(gt, anchors, 0.5, 0.4)
+    idx, label = match_anchors(gt, anchors, 0.5, 0.4, chunk_elems=1000)  # several chunks
+    assert torch.equal(label, expected_label)
+    assert torch.equal(idx[label == 1], expected_idx[label == 1])
+    empty_idx, empty_label = match_anchors(Boxes(torch.zeros(0, 4)), anchors, 0.5, 0.4)
+    assert (empty_label == 0).all()
+
+
+def reference_fast_nms(boxes, scores, thresh, iou_thresh, top_k, max_det):
+    out = []
+    for c in range(scores.shape[1]):
+        order = scores[:, c].argsort(descending=True)[:top_k].tolist()
+        for j, a in enumerate(order):
+            suppressed = any(
+                pairwise_iou(Boxes(boxes[b:b + 1]), Boxes(boxes[a:a + 1]))[0, 0] > iou_thresh
+                for b in order[:j])
+            if not suppressed and scores[a, c] > thresh:
+                out.append((float(scores[a, c]), a, c))
+    out.sort(key=lambda t: -t[0])
+    return out[:max_det]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_nms_equals_direct_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(80, 2, generator=g) * 60
+    boxes = torch.cat([xy, xy + 10 + torch.rand(80, 2, generator=g) * 20], 1)
+    scores = torch.rand(80, 3, generator=g)
+    idx, cls, sc = fast_nms(boxes, scores, 0.2, 0.5, top_k=50, max_det=70)
+    expected = reference_fast_nms(boxes, scores, 0.2, 0.5, 50, 70)
+    assert [(i, c) for _, i, c in expected] == list(zip(idx.tolist(), cls.tolist()))
+    np.testing.assert_allclose(sc.numpy(), [s for s, _, _ in expected], rtol=1e-6)
+
+
+def test_paste_masks_equals_dense_upsample_and_crop():
+    g = torch.Generator().manual_seed(0)
+    proto = torch.randn(8, 24, 32, generator=g)  # stride 4 over a 96x128 padded input
+    coefs = torch.randn(20, 8, generator=g)
+    input_hw, output_hw = (90, 120), (135, 180)  # resized input smaller than padding; 1.5x out
+    xy = torch.rand(20, 2, generator=g) * torch.tensor([150.0, 110.0])
+    boxes = torch.cat([xy, xy + 5 + torch.rand(20, 2, generator=g) * 40], 1)
+    boxes[:, 2].clamp_(max=180)
+    boxes[:, 3].clamp_(max=135)
+    pasted = paste_masks(proto, coefs, boxes, input_hw, output_hw, stride=4)
+    dense = upsample_probabilities(proto, coefs, input_hw, output_hw, stride=4) > 0.5
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        inside = torch.zeros(output_hw, dtype=torch.bool)
+        inside[int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] = True
+        assert torch.equal(pasted[i], dense[i] & inside)
+    assert pasted.any()
+
+
+def test_mask_loss_ignores_pixels_outside_the_box():
+    proto = torch.randn(4, 16, 16)
+    coefs = torch.randn(1, 4)
+    gt = torch.zeros(1, 16, 16)
+    gt[0, 4:8, 4:8] = 1
+    box = torch.tensor([[16.0, 16.0, 32.0, 32.0]])  # stride 4 -> proto pixels 4..7
+    base = mask_loss(proto, coefs, gt, box, stride=4)
+    changed = proto.clone()
+    changed[:, 10:, 10:] += 5.0  # outside the box
+    assert torch.allclose(mask_loss(changed, coefs, gt, box, stride=4), base)
+    changed[:, 5, 5] += 5.0  # inside
+    assert not torch.allclose(mask_loss(changed, coefs, gt, box, stride=4), base)
+
+
+def test_ohem_uses_three_negatives_per_positive():
+    logits = torch.zeros(1, 10, 3)
+    logits[0, :, 2] = -torch.arange(10.0)  # background logit: lower = harder negative
+    labels = torch.full((1, 10), 2)
+    labels[0, 0] = 0
+    labels[0, 9] = -1  # ignored even though it is the hardest
+    loss = ohem_class_loss(logits, labels, negpos_ratio=3)
+    lse = torch.logsumexp(logits[0], dim=1)
+    expected = (lse[0] - logits[0, 0, 0]) + sum(lse[i] - logits[0, i, 2] for i in (6, 7, 8))
+    assert torch.allclose(loss, expected)
+
+
+def test_overfits_one_tiny_batch():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    model.train()
+    batch = [make_input(96, 128, 5, seed=3), make_input(96, 128, 4, seed=4)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    history = []
+    for _ in range(40):
+        losses = model(batch)
+        total = sum(losses.values())
+        assert torch.isfinite(total)
+        opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)  # as SOLVER.CLIP_GRADIENTS
+        opt.step()
+        history.append({k: float(v) for k, v in losses.items()})
+    first = history[0]
+    last = np.mean([[h[k] for k in first] for h in history[-5:]], 0)
+    assert all(last[i] < first[k] for i, k in enumerate(first)), (first, last)
+    assert sum(last) < 0.5 * sum(first.values())
