@@ -11,6 +11,10 @@ def add_yolact_config(cfg):
     # Protonet: 3 x (3x3 conv + ReLU), x2 upsample, 3x3 conv + ReLU, 1x1 conv to k, ReLU.
     _C.NUM_PROTOTYPES = 32
     _C.PROTONET_CHANNELS = 256
+    _C.PROTONET_NORM = ""
+    # "relu" as in the reference; "none" keeps prototypes linear, which cannot die (all-zero
+    # ReLU prototypes stop mask learning, seen from random initialisation).
+    _C.PROTO_ACTIVATION = "relu"
     # Shared prediction head: NUM_HEAD_CONVS x (3x3 conv + ReLU) before the three 3x3 outputs.
     _C.NUM_HEAD_CONVS = 1
     _C.HEAD_NORM = ""
@@ -36,6 +40,13 @@ def add_yolact_config(cfg):
     # Padding multiple for the input batch. P6/P7 come from P5 by strided convs, so 32 (the
     # FPN top-down path's need) is enough; the FPN's own 128 would pad 520 to 640.
     _C.SIZE_DIVISIBILITY = 32
+
+    # Training length in epochs (0: use SOLVER.MAX_ITER as given). tools/train_net.py turns
+    # epochs into iterations from the training set's size and SOLVER.IMS_PER_BATCH, LR steps
+    # into fractions of it, and TEST.EVAL_PERIOD_EPOCHS into TEST.EVAL_PERIOD.
+    cfg.SOLVER.EPOCHS = 0.0
+    cfg.SOLVER.STEP_FRACTIONS = (0.8, 0.95)
+    cfg.TEST.EVAL_PERIOD_EPOCHS = 0.0
 
     cfg.MODEL.MASK_ON = True
     cfg.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5

@@ -1,12 +1,24 @@
-"""Trainer: Detectron2's DefaultTrainer with the cell mapper and a COCO evaluator that keeps
-up to TEST.DETECTIONS_PER_IMAGE (1000) detections per image."""
+"""Trainer: Detectron2's DefaultTrainer with the cell mapper, a per-class COCO evaluator that
+keeps up to TEST.DETECTIONS_PER_IMAGE (1000) detections per image, and the Kaggle metric."""
 import os
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import DatasetEvaluators
 
 from .data.mapper import CellDatasetMapper
+from .evaluation import CellCOCOEvaluator, KaggleMetricEvaluator
+
+
+def build_cell_evaluator(cfg, dataset_name, output_folder):
+    # pycocotools' summarize() reports AP at 100 detections; max_dets_per_image switches to
+    # COCOevalMaxDets so AP is read at the real cap (cells per image reach ~800).
+    return DatasetEvaluators([
+        CellCOCOEvaluator(dataset_name, tasks=("bbox", "segm"), distributed=False,
+                          output_dir=output_folder,
+                          max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE),
+        KaggleMetricEvaluator(dataset_name),
+    ])
 
 
 class Trainer(DefaultTrainer):
@@ -21,8 +33,4 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        # pycocotools' summarize() reports AP at 100 detections; max_dets_per_image switches
-        # to COCOevalMaxDets so AP is read at the real cap (cells per image reach ~800).
-        return COCOEvaluator(dataset_name, tasks=("bbox", "segm"), distributed=False,
-                             output_dir=output_folder,
-                             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+        return build_cell_evaluator(cfg, dataset_name, output_folder)

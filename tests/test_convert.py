@@ -2,6 +2,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 
 import cv2
@@ -142,9 +143,17 @@ def test_missing_and_wrong_size_images(tiny_synthetic, tmp_path):
     assert not (tmp_path / "out" / "annotations").exists()
 
 
-def test_real_sartorius_images_convert_and_score_1(tmp_path):
+def test_real_sartorius_images_convert_register_and_score_1(tmp_path, monkeypatch):
     src = shared_dataset("sartorius_recon")
+    root = tmp_path
+    tmp_path = root / "sartorius_recon"
     result = convert_sartorius(str(src), str(tmp_path), split=(26, 8, 0), progress=False)
+    monkeypatch.setenv("CELLSEG_DATASETS", str(root))
+    from detectron2.data import DatasetCatalog
+
+    for name, n in (("sartorius_recon_train", 26), ("sartorius_recon_val", 8)):
+        dicts = DatasetCatalog.get(name)
+        assert len(dicts) == n and all(os.path.isfile(d["file_name"]) for d in dicts)
     assert len(result["train"]["images"]) == 26 and len(result["val"]["images"]) == 8
     types = {img["cell_type"] for img in result["val"]["images"]}
     assert types == {"cort", "astro", "shsy5y"}

@@ -1,12 +1,18 @@
 #!/usr/bin/env python
 """The main job on the embedded default: synthetic Sartorius-like data, end to end.
 
-1. generate synthetic images in the Kaggle layout (datasets/synthetic/train*, train.csv),
-2. convert them with the real converter (datasets/synthetic/annotations/*.json),
-3. load them through Detectron2's DatasetCatalog (synthetic_{train,val}) and print statistics.
+1. generate synthetic images in the Kaggle layout (datasets/synthetic/train/, train.csv);
+2. convert them with the real converter (datasets/synthetic/annotations/{train,val}.json) and
+   load them through Detectron2's DatasetCatalog (synthetic_train / synthetic_val);
+3. train a small YOLACT on the CPU for a few minutes (configs/synthetic_R18_cpu.yaml);
+4. evaluate on synthetic_val: COCO bbox/segm with a per-class table, Kaggle metric;
+5. plot the loss and mAP curves, save the best and worst validation images as GT | prediction
+   panels, and run tools/predict.py on the validation images.
 """
 import argparse
+import json
 import os
+import subprocess
 import sys
 
 import pycocotools.mask as mask_util
@@ -16,6 +22,9 @@ import cellseg_d2  # noqa: F401  (registers datasets)
 from cellseg_d2.data.datasets import datasets_root
 from cellseg_d2.data.sartorius import class_statistics, convert_sartorius, format_statistics
 from cellseg_d2.data.synthetic import generate_dataset
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+CONFIG = os.path.join(TOOLS, "..", "configs", "synthetic_R18_cpu.yaml")
 
 
 def segmentation_area(seg, record) -> float:
@@ -34,20 +43,63 @@ def dataset_summary(name: str) -> str:
     return format_statistics(class_statistics(coco_like), f"\n{name}: {len(dicts)} images")
 
 
+def run(step: str, args: list) -> None:
+    shown = [os.path.relpath(a) if a.startswith("/") else a for a in args]
+    print(f"\n=== {step}\n$ python {' '.join(shown)}", flush=True)
+    subprocess.run([sys.executable, *args], check=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--images-per-type", type=int, default=8)
+    p.add_argument("--iters", type=int, default=150, help="training iterations (default 150)")
+    p.add_argument("--output", default="output/demo")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     root = os.path.join(datasets_root(), "synthetic")
-    print(f"[1/3] generating synthetic images into {root}")
+    out = args.output
+
+    print(f"=== [1/5] synthetic data -> {root}")
     generate_dataset(root, images_per_type=args.images_per_type, seed=args.seed)
-    print(f"[2/3] converting {root}/train.csv to COCO JSON")
     convert_sartorius(root, root, split=(0.75, 0.25, 0), seed=args.seed)
-    print("[3/3] loading the registered datasets")
     for name in ("synthetic_train", "synthetic_val"):
         print(dataset_summary(name))
-    print(f"\noutputs: {root}/train/*.png, {root}/train.csv, {root}/annotations/{{train,val}}.json")
+
+    train_opts = ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.STEPS", f"({int(args.iters * 0.8)},)",
+                  "SOLVER.WARMUP_ITERS", str(min(50, args.iters // 3)),
+                  "SOLVER.CHECKPOINT_PERIOD", str(args.iters), "TEST.EVAL_PERIOD", str(args.iters),
+                  "OUTPUT_DIR", out]
+    run("[2/5] train + evaluate YOLACT R18 (CPU)",
+        [os.path.join(TOOLS, "train_net.py"), "--config-file", CONFIG, *train_opts])
+    weights = os.path.join(out, "model_final.pth")
+    val_list = os.path.join(out, "val_images.txt")
+    with open(val_list, "w") as f:
+        f.writelines(d["file_name"] + "\n" for d in DatasetCatalog.get("synthetic_val"))
+    run("[3/5] loss and mAP plots", [os.path.join(TOOLS, "plot_metrics.py"), out])
+    run("[4/5] best and worst validation images",
+        [os.path.join(TOOLS, "visualize_samples.py"), "--config-file", CONFIG, "--weights", weights,
+         "--dataset", "synthetic_val", "--output", os.path.join(out, "samples")])
+    run("[5/5] predict on the validation images",
+        [os.path.join(TOOLS, "predict.py"), "--config-file", CONFIG, "--weights", weights,
+         "--input", val_list, "--output", os.path.join(out, "predictions")])
+
+    eval_dir = os.path.join(out, "inference", "synthetic_val")
+    print("\n=== outputs")
+    for path, what in [
+        (root, "synthetic data: train/*.png, train.csv, annotations/{train,val}.json"),
+        (weights, "trained checkpoint"),
+        (os.path.join(out, "metrics.json"), "training/evaluation metrics (TensorBoard events beside it)"),
+        (os.path.join(eval_dir, "per_class_segm.csv"), "per-class mask AP (also .json; per_class_bbox.*)"),
+        (os.path.join(out, "loss.png"), "loss graph"),
+        (os.path.join(out, "map.png"), "mAP graph"),
+        (os.path.join(out, "samples"), "best_*/worst_* GT | prediction panels, scores.csv"),
+        (os.path.join(out, "predictions"),
+         "overlays/, labels/*.tif, coco_results.json, submission.csv, cells.csv, counts.csv"),
+    ]:
+        print(f"  {path:55s} {what}")
+    with open(os.path.join(eval_dir, "per_class_segm.json")) as f:
+        table = json.load(f)
+    print("\nper-class mask AP (%): " + ", ".join(f"{k} {v['AP']:.1f}" for k, v in table.items()))
     return 0
 
 

@@ -9,6 +9,7 @@ dataset is loaded, so importing never touches the disk. See datasets/README.md f
 | sartorius_recon_{train,val}      | sartorius_recon/annotations/{split}.json (real images in ../shared) |
 | synthetic_{train,val,test}       | synthetic/annotations/{split}.json (tools/make_synthetic.py) |
 | synthetic_overfit_train          | synthetic_overfit/annotations/train.json: 12 images, 4 per type |
+| sartorius_overfit12              | the first 4 images per cell type of sartorius_train        |
 | livecell_{train,val,test}        | livecell/annotations/LIVECell/livecell_coco_{split}.json  |
 | livecell_{celltype}_{split}      | livecell/annotations/LIVECell_single_cells/{celltype}/{split}.json |
 """
@@ -65,6 +66,26 @@ def register_livecell(name: str, json_rel: str, image_rel: str, classes) -> None
     MetadataCatalog.get(name).set(thing_classes=list(classes), evaluator_type="coco")
 
 
+def first_per_class(records: list, per_class: int) -> list:
+    """The first ``per_class`` images (by file name) of each image's majority class."""
+    chosen, counts = [], {}
+    for r in sorted(records, key=lambda r: r["file_name"]):
+        classes = [a["category_id"] for a in r["annotations"]]
+        if not classes:
+            continue
+        c = max(set(classes), key=classes.count)
+        if counts.get(c, 0) < per_class:
+            counts[c] = counts.get(c, 0) + 1
+            chosen.append(r)
+    return chosen
+
+
+def register_subset(name: str, source: str, per_class: int) -> None:
+    DatasetCatalog.register(name, lambda: first_per_class(DatasetCatalog.get(source), per_class))
+    MetadataCatalog.get(name).set(thing_classes=MetadataCatalog.get(source).thing_classes,
+                                  evaluator_type="coco")
+
+
 def register_all() -> None:
     if "sartorius_train" in DatasetCatalog.list():
         return
@@ -77,6 +98,7 @@ def register_all() -> None:
     register_kaggle_coco("synthetic_overfit_train", "synthetic_overfit", "train",
                          "run tools/make_synthetic.py --out-dir <root>/synthetic_overfit "
                          "--images-per-type 4 --convert --split 12,0,0")
+    register_subset("sartorius_overfit12", "sartorius_train", per_class=4)
     for split in ("train", "val"):
         register_kaggle_coco(f"sartorius_recon_{split}", "sartorius_recon", split,
                              f"{convert} --data-dir ../shared/data/sartorius_recon "

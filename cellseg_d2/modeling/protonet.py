@@ -8,8 +8,12 @@ class ProtoNet(nn.Module):
     """3 x (3x3 conv + ReLU), x2 bilinear upsample, 3x3 conv + ReLU, 1x1 conv to k, ReLU.
     Output stride is half the input feature's (4 on P3)."""
 
-    def __init__(self, in_channels: int, channels: int = 256, num_prototypes: int = 32, norm: str = ""):
+    def __init__(self, in_channels: int, channels: int = 256, num_prototypes: int = 32, norm: str = "",
+                 activation: str = "relu"):
         super().__init__()
+        if activation not in ("relu", "none"):
+            raise ValueError(f"MODEL.YOLACT.PROTO_ACTIVATION must be 'relu' or 'none', got {activation!r}")
+        self.activation = activation
         self.pre = nn.ModuleList()
         for i in range(3):
             self.pre.append(Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1,
@@ -26,4 +30,5 @@ class ProtoNet(nn.Module):
         for conv in self.pre:
             x = conv(x)
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        return F.relu(self.out(self.post(x)))
+        x = self.out(self.post(x))
+        return F.relu(x) if self.activation == "relu" else x

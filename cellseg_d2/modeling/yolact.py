@@ -1,5 +1,7 @@
 """YOLACT (Bolya et al., ICCV 2019) as a Detectron2 meta-architecture."""
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, cat
@@ -45,7 +47,8 @@ class Yolact(nn.Module):
         self.head = YolactHead(channels, num_anchors[0], y.NUM_CLASSES, y.NUM_PROTOTYPES,
                                y.NUM_HEAD_CONVS, y.HEAD_NORM)
         proto_in = shapes[self.proto_feature]
-        self.protonet = ProtoNet(proto_in.channels, y.PROTONET_CHANNELS, y.NUM_PROTOTYPES)
+        self.protonet = ProtoNet(proto_in.channels, y.PROTONET_CHANNELS, y.NUM_PROTOTYPES,
+                                 y.PROTONET_NORM, y.PROTO_ACTIVATION)
         self.proto_stride = proto_in.stride / 2
         self.semantic_head = Conv2d(proto_in.channels, y.NUM_CLASSES, 1)
         self.box2box_transform = Box2BoxTransform(weights=tuple(y.BBOX_REG_WEIGHTS))
@@ -62,6 +65,7 @@ class Yolact(nn.Module):
         self.max_detections = cfg.TEST.DETECTIONS_PER_IMAGE
         self.size_divisibility = y.SIZE_DIVISIBILITY
         self.input_format = cfg.INPUT.FORMAT
+        self.stage_timer = None
         self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), False)
 
@@ -74,16 +78,23 @@ class Yolact(nn.Module):
                   for x in batched_inputs]
         return ImageList.from_tensors(images, self.size_divisibility)
 
+    def _stage(self, name: str):
+        """Timing hook for tools/benchmark.py: ``self.stage_timer(name)`` when set."""
+        return self.stage_timer(name) if self.stage_timer else contextlib.nullcontext()
+
     def forward(self, batched_inputs: list[dict]):
-        images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        feats = [features[f] for f in self.in_features]
-        proto = self.protonet(features[self.proto_feature])
-        logits, deltas, coefs = self.head(feats)
-        anchors = Boxes.cat(self.anchor_generator(feats))
-        logits = cat([permute_to_N_HWA_K(x, self.num_classes + 1) for x in logits], dim=1)
-        deltas = cat([permute_to_N_HWA_K(x, 4) for x in deltas], dim=1)
-        coefs = cat([permute_to_N_HWA_K(x, proto.shape[1]) for x in coefs], dim=1)
+        with self._stage("backbone+fpn"):
+            images = self.preprocess_image(batched_inputs)
+            features = self.backbone(images.tensor)
+            feats = [features[f] for f in self.in_features]
+        with self._stage("protonet"):
+            proto = self.protonet(features[self.proto_feature])
+        with self._stage("head"):
+            logits, deltas, coefs = self.head(feats)
+            anchors = Boxes.cat(self.anchor_generator(feats))
+            logits = cat([permute_to_N_HWA_K(x, self.num_classes + 1) for x in logits], dim=1)
+            deltas = cat([permute_to_N_HWA_K(x, 4) for x in deltas], dim=1)
+            coefs = cat([permute_to_N_HWA_K(x, proto.shape[1]) for x in coefs], dim=1)
         if self.training:
             gt = [x["instances"].to(self.device) for x in batched_inputs]
             seg_logits = self.semantic_head(features[self.proto_feature])
@@ -151,7 +162,8 @@ class Yolact(nn.Module):
                 continue
             gt_masks = self._gt_masks(inst, padded_hw, proto_stride)
             seg_masks = self._gt_masks(inst, padded_hw, seg_stride)
-            seg_targets[i].index_reduce_(0, inst.gt_classes, seg_masks, "amax")
+            for c in inst.gt_classes.unique().tolist():
+                seg_targets[i, c] = seg_masks[inst.gt_classes == c].amax(dim=0)
             pos_idx = pos[i].nonzero().squeeze(1)
             if len(pos_idx) > self.masks_to_train:
                 pos_idx = pos_idx[torch.randperm(len(pos_idx), device=pos_idx.device)
@@ -170,24 +182,29 @@ class Yolact(nn.Module):
 
     # ---------------------------------------------------------------- inference
     def inference_single(self, anchors, logits, deltas, coefs, proto, image_size, output_size):
-        scores = F.softmax(logits, dim=-1)[:, :self.num_classes]
-        candidates = (scores.max(dim=1).values > self.score_thresh).nonzero().squeeze(1)
-        boxes = self.box2box_transform.apply_deltas(deltas[candidates], anchors.tensor[candidates])
-        boxes = Boxes(boxes)
-        boxes.clip(image_size)
-        keep, classes, kept_scores = fast_nms(boxes.tensor, scores[candidates], self.score_thresh,
-                                              self.nms_thresh, self.topk_candidates,
-                                              self.max_detections)
-        out_h, out_w = int(output_size[0]), int(output_size[1])
-        boxes = Boxes(boxes.tensor[keep])
-        boxes.scale(out_w / image_size[1], out_h / image_size[0])
-        boxes.clip((out_h, out_w))
-        result = Instances((out_h, out_w))
-        result.pred_boxes = boxes
-        result.scores = kept_scores
-        result.pred_classes = classes
-        result.pred_masks = paste_masks(proto, coefs[candidates][keep], boxes.tensor, image_size,
-                                        (out_h, out_w), self.proto_stride, self.mask_thresh)
+        with self._stage("nms"):
+            scores = F.softmax(logits, dim=-1)[:, :self.num_classes]
+            candidates = (scores.max(dim=1).values > self.score_thresh).nonzero().squeeze(1)
+            boxes = self.box2box_transform.apply_deltas(deltas[candidates],
+                                                        anchors.tensor[candidates])
+            boxes = Boxes(boxes)
+            boxes.clip(image_size)
+            keep, classes, kept_scores = fast_nms(boxes.tensor, scores[candidates],
+                                                  self.score_thresh, self.nms_thresh,
+                                                  self.topk_candidates, self.max_detections)
+        with self._stage("postprocess"):
+            out_h, out_w = int(output_size[0]), int(output_size[1])
+            boxes = Boxes(boxes.tensor[keep])
+            boxes.scale(out_w / image_size[1], out_h / image_size[0])
+            boxes.clip((out_h, out_w))
+            result = Instances((out_h, out_w))
+            result.pred_boxes = boxes
+            result.scores = kept_scores
+            result.pred_classes = classes
+        with self._stage("masks"):
+            result.pred_masks = paste_masks(proto, coefs[candidates][keep], boxes.tensor,
+                                            image_size, (out_h, out_w), self.proto_stride,
+                                            self.mask_thresh)
         return result
 
 

@@ -1,0 +1,73 @@
+"""COCOEvaluator with a full per-class table (AP, AP50, AP75, APs, APm, APl per class).
+
+COCOEvaluator itself reports per-class AP only. Precision is read at the last maxDets, which
+COCOEvaluator(max_dets_per_image=N) sets to N.
+"""
+import csv
+import os
+
+import numpy as np
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.logger import create_small_table
+from tabulate import tabulate
+
+from ..utils import atomic_open, write_json
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def per_class_metrics(precision: np.ndarray, iou_thrs: np.ndarray, class_names) -> dict:
+    """{class: {metric: value in %}} from COCOeval.eval["precision"] (T, R, K, A, M).
+    Area index 0 all, 1 small, 2 medium, 3 large; the last maxDets is used; NaN where no GT."""
+    def mean(p):
+        p = p[p > -1]
+        return float(np.mean(p) * 100) if p.size else float("nan")
+
+    t50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
+    t75 = int(np.argmin(np.abs(iou_thrs - 0.75)))
+    table = {}
+    for k, name in enumerate(class_names):
+        table[name] = {
+            "AP": mean(precision[:, :, k, 0, -1]),
+            "AP50": mean(precision[t50, :, k, 0, -1]),
+            "AP75": mean(precision[t75, :, k, 0, -1]),
+            "APs": mean(precision[:, :, k, 1, -1]),
+            "APm": mean(precision[:, :, k, 2, -1]),
+            "APl": mean(precision[:, :, k, 3, -1]),
+        }
+    return table
+
+
+def format_per_class(table: dict, iou_type: str) -> str:
+    rows = [[name] + [f"{v[m]:.2f}" for m in METRICS] for name, v in table.items()]
+    return f"Per-class {iou_type} (%):\n" + tabulate(rows, headers=["class", *METRICS],
+                                                      tablefmt="pipe")
+
+
+def save_per_class(table: dict, output_dir: str, iou_type: str) -> None:
+    write_json(os.path.join(output_dir, f"per_class_{iou_type}.json"), table)
+    with atomic_open(os.path.join(output_dir, f"per_class_{iou_type}.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", *METRICS])
+        for name, v in table.items():
+            writer.writerow([name] + [f"{v[m]:.4f}" for m in METRICS])
+
+
+class CellCOCOEvaluator(COCOEvaluator):
+    """Adds "<metric>-<class>" entries for every metric and writes per_class_{bbox,segm}.{json,csv}
+    in the output folder."""
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        results = super()._derive_coco_results(coco_eval, iou_type, class_names)
+        if coco_eval is None or class_names is None:
+            return results
+        table = per_class_metrics(coco_eval.eval["precision"], coco_eval.params.iouThrs,
+                                  class_names)
+        self._logger.info(format_per_class(table, iou_type))
+        if self._output_dir:
+            save_per_class(table, self._output_dir, iou_type)
+        for name, values in table.items():
+            for metric, value in values.items():
+                results[f"{metric}-{name}"] = value
+        self._logger.debug(create_small_table({k: v for k, v in results.items() if "-" not in k}))
+        return results

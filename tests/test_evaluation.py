@@ -1,0 +1,122 @@
+import contextlib
+import copy
+import io
+import json
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from cellseg_d2.evaluation import image_score, per_class_metrics, remove_overlaps
+from cellseg_d2.evaluation.kaggle_metric import iou_matrix_score
+
+
+def independent_kaggle(gt_label, pred_label):
+    """Label-image implementation of the competition metric (no pycocotools)."""
+    n_gt, n_pred = gt_label.max(), pred_label.max()
+    if n_gt == 0 and n_pred == 0:
+        return 1.0
+    if n_gt == 0 or n_pred == 0:
+        return 0.0
+    inter = np.histogram2d(gt_label.ravel(), pred_label.ravel(),
+                           bins=(n_gt + 1, n_pred + 1), range=((0, n_gt + 1), (0, n_pred + 1)))[0]
+    area_gt = np.bincount(gt_label.ravel(), minlength=n_gt + 1)[:, None]
+    area_pred = np.bincount(pred_label.ravel(), minlength=n_pred + 1)[None, :]
+    iou = (inter / (area_gt + area_pred - inter))[1:, 1:]
+    out = []
+    for t in np.arange(0.5, 1.0, 0.05):
+        m = iou > t
+        tp, fn, fp = (m.sum(1) == 1).sum(), (m.sum(1) == 0).sum(), (m.sum(0) == 0).sum()
+        out.append(tp / (tp + fp + fn))
+    return float(np.mean(out))
+
+
+def random_label(rng, h, w, n):
+    label = np.zeros((h, w), np.int32)
+    for i in range(1, n + 1):
+        cy, cx = rng.integers(0, h), rng.integers(0, w)
+        r = rng.integers(3, 9)
+        yy, xx = np.ogrid[:h, :w]
+        label[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (label == 0)] = i
+    present = [v for v in np.unique(label) if v]
+    return np.searchsorted([0] + present, label).astype(np.int32)
+
+
+def masks_of(label):
+    return np.stack([label == i for i in range(1, label.max() + 1)]) if label.max() else \
+        np.zeros((0, *label.shape), bool)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kaggle_metric_equals_independent_implementation(seed):
+    rng = np.random.default_rng(seed)
+    gt = random_label(rng, 60, 80, int(rng.integers(0, 25)))
+    # predictions: ground truth perturbed (shifted, some dropped) plus random extras
+    pred = np.roll(gt, shift=int(rng.integers(-2, 3)), axis=1)
+    pred[pred % 4 == 1] = 0
+    extra = random_label(rng, 60, 80, 5)
+    pred = np.where((pred == 0) & (extra > 0), extra + pred.max(), pred)
+    pred = np.searchsorted(np.unique(pred), pred).astype(np.int32)
+    assert image_score(masks_of(gt), masks_of(pred)) == pytest.approx(independent_kaggle(gt, pred))
+
+
+def test_kaggle_metric_edge_cases():
+    assert iou_matrix_score(np.array([[1.0]])) == 1.0
+    empty = np.zeros((0, 5, 5), bool)
+    one = np.ones((1, 5, 5), bool)
+    assert image_score(empty, empty) == 1.0
+    assert image_score(one, empty) == 0.0 and image_score(empty, one) == 0.0
+
+
+def test_remove_overlaps_higher_score_wins():
+    masks = torch.zeros(3, 4, 4, dtype=torch.bool)
+    masks[0, :2] = True       # low score
+    masks[1, 1:3] = True      # high score
+    masks[2, 1] = True        # covered entirely by the high-score mask
+    out, keep = remove_overlaps(masks, np.array([0.3, 0.9, 0.5]))
+    assert keep.tolist() == [1, 0]
+    assert out[0].sum() == 8 and out[1].sum() == 4 and not (out[0] & out[1]).any()
+
+
+def _coco_eval(gt_json, dets, cat_ids=None):
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(gt_json)
+        ev = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), "segm")  # loadRes mutates
+        ev.params.maxDets = [1, 10, 1000]
+        if cat_ids:
+            ev.params.catIds = cat_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def test_per_class_table_equals_pycocotools(tiny_synthetic):
+    gt_json = str(tiny_synthetic / "synthetic" / "annotations" / "train.json")
+    data = json.load(open(gt_json))
+    rng = np.random.default_rng(0)
+    dets = []
+    for a in data["annotations"]:
+        if rng.random() < 0.2:
+            continue
+        m = mask_util.decode(a["segmentation"])
+        if rng.random() < 0.3:
+            m = np.roll(m, 2, axis=1)
+        rle = mask_util.encode(np.asfortranarray(m))
+        rle["counts"] = rle["counts"].decode()
+        dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
+                     "segmentation": rle, "score": float(rng.random())})
+    ev = _coco_eval(gt_json, dets)
+    table = per_class_metrics(ev.eval["precision"], ev.params.iouThrs, ["shsy5y", "astro", "cort"])
+    for cid, name in enumerate(["shsy5y", "astro", "cort"], start=1):
+        ref = _coco_eval(gt_json, dets, [cid])
+        # summarize() reads AP50/AP75/APs/APm/APl at maxDets[2] = 1000 (its AP is at 100)
+        for i, metric in ((1, "AP50"), (2, "AP75"), (3, "APs"), (4, "APm"), (5, "APl")):
+            expected = ref.stats[i] * 100 if ref.stats[i] >= 0 else float("nan")
+            assert table[name][metric] == pytest.approx(expected, nan_ok=True), (name, metric)
+        p = ref.eval["precision"][:, :, 0, 0, -1]
+        assert table[name]["AP"] == pytest.approx(p[p > -1].mean() * 100)
+    assert table["shsy5y"]["AP"] < 100

@@ -1,0 +1,121 @@
+"""End-to-end: the user-facing tools on a tiny synthetic dataset (a real train + eval)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+
+from .conftest import REPO
+
+CONFIG = str(REPO / "configs" / "synthetic_R18_cpu.yaml")
+TINY = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224", "INPUT.MIN_SIZE_TEST",
+        "160", "INPUT.MAX_SIZE_TEST", "224", "MODEL.FPN.OUT_CHANNELS", "64",
+        "MODEL.YOLACT.PROTONET_CHANNELS", "64", "DATALOADER.NUM_WORKERS", "0"]
+
+
+def tool(name, *args, env_root=None, check=True):
+    env = dict(os.environ)
+    if env_root:
+        env["CELLSEG_DATASETS"] = str(env_root)
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_synthetic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    tool("train_net.py", "--config-file", CONFIG, *TINY, "SOLVER.MAX_ITER", 12,
+         "SOLVER.WARMUP_ITERS", 4, "SOLVER.STEPS", "(10,)", "SOLVER.CHECKPOINT_PERIOD", 12,
+         "TEST.EVAL_PERIOD", 12, "OUTPUT_DIR", out, env_root=tiny_synthetic)
+    return out
+
+
+def test_train_and_evaluate_writes_metrics_and_tables(trained):
+    rows = [json.loads(line) for line in open(trained / "metrics.json")]
+    assert any("total_loss" in r for r in rows)
+    evals = [r for r in rows if "segm/AP" in r]
+    assert evals and "segm/AP50-cort" in evals[-1] and "kaggle/score" in evals[-1]
+    assert (trained / "model_final.pth").is_file()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(trained))
+    table_dir = trained / "inference" / "synthetic_val"
+    table = json.load(open(table_dir / "per_class_segm.json"))
+    assert list(table) == ["shsy5y", "astro", "cort"]
+    assert set(table["cort"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    with open(table_dir / "per_class_bbox.csv") as f:
+        assert [r["class"] for r in csv.DictReader(f)] == ["shsy5y", "astro", "cort"]
+
+
+def test_plots(trained, tmp_path):
+    tool("plot_metrics.py", trained, "--out", tmp_path)
+    for name in ("loss.png", "map.png"):
+        img = cv2.imread(str(tmp_path / name))
+        assert img is not None and img.shape[0] > 300 and img.std() > 5
+
+
+def test_predict_outputs(trained, tiny_synthetic, tmp_path):
+    images = tiny_synthetic / "synthetic" / "train"
+    # a 16-bit TIFF of another size goes through the same path
+    img = cv2.imread(str(sorted(images.iterdir())[0]), cv2.IMREAD_GRAYSCALE)
+    tif = tmp_path / "in" / "scan16.tif"
+    tif.parent.mkdir()
+    cv2.imwrite(str(tif), cv2.resize(img, (200, 150)).astype(np.uint16) * 200)
+    for p in sorted(images.iterdir())[:2]:
+        (tmp_path / "in" / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    tool("predict.py", "--config-file", CONFIG, "--weights", trained / "model_final.pth",
+         "--input", tmp_path / "in", "--output", out, "--score-thresh", "0.0", *TINY)
+    names = sorted(p.stem for p in (tmp_path / "in").iterdir())
+    assert sorted(p.stem for p in (out / "overlays").iterdir()) == names
+    results = json.load(open(out / "coco_results.json"))
+    images_meta = {i["id"]: i for i in json.load(open(out / "images.json"))}
+    cells = list(csv.DictReader(open(out / "cells.csv")))
+    counts = {r["image"]: r for r in csv.DictReader(open(out / "counts.csv"))}
+    for image_id, meta in images_meta.items():
+        stem = os.path.splitext(os.path.basename(meta["file_name"]))[0]
+        label = cv2.imread(str(out / "labels" / f"{stem}.tif"), cv2.IMREAD_UNCHANGED)
+        assert label.dtype == np.uint16 and label.shape == (meta["height"], meta["width"])
+        dets = [r for r in results if r["image_id"] == image_id]
+        assert label.max() == len(dets) == int(counts[stem]["cells"])
+        for k, det in enumerate(dets, start=1):  # label k is the k-th result of the image
+            assert np.array_equal(label == k, mask_util.decode(det["segmentation"]).astype(bool))
+        assert float(counts[stem]["confluence"]) == pytest.approx((label > 0).mean(), abs=1e-4)
+        assert sum(r["image"] == stem for r in cells) == len(dets)
+    assert label.shape == (150, 200)  # the TIFF, last in sorted order
+    sub = list(csv.DictReader(open(out / "submission.csv")))
+    assert {r["id"] for r in sub} == set(names)
+
+
+def test_visualize_samples(trained, tiny_synthetic, tmp_path):
+    tool("visualize_samples.py", "--config-file", CONFIG, "--weights", trained / "model_final.pth",
+         "--dataset", "synthetic_val", "--num", 1, "--output", tmp_path, *TINY,
+         env_root=tiny_synthetic)
+    panels = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(panels) == 2 and panels[0].startswith("best_1") and panels[1].startswith("worst_1")
+    img = cv2.imread(str(tmp_path / panels[0]))
+    assert img.shape[1] > 2 * 224
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weights", "missing.pth", "--input", "{images}"], "missing.pth: checkpoint not found"),
+    (["--weights", "{weights}", "--input", "{empty}"], "folder has no images"),
+    (["--weights", "{weights}", "--input", "{bad}"], "bad.png: not a readable image"),
+    (["--weights", "{weights}", "--input", "{images}", "MODEL.NO_SUCH_KEY", "1"],
+     "unknown config key"),
+])
+def test_bad_inputs_give_one_line(trained, tiny_synthetic, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    fill = {"images": tiny_synthetic / "synthetic" / "train", "empty": tmp_path / "empty",
+            "bad": tmp_path / "bad.png", "weights": trained / "model_final.pth"}
+    args = [a.format(**{k: str(v) for k, v in fill.items()}) for a in args]
+    proc = tool("predict.py", "--config-file", CONFIG, "--output", tmp_path / "o", *args, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr

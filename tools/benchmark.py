@@ -1,0 +1,269 @@
+#!/usr/bin/env python
+"""Inference speed and memory: YOLACT against Detectron2's Mask R-CNN, side by side.
+
+Both models are built with the same backbone depth, FPN width and input size (configs
+synthetic_R18_cpu.yaml and maskrcnn_R18_cpu.yaml by default) and run on 704x520 synthetic images
+with N cells (N in --cells). Both are made to return exactly N instances per image (score
+thresholds 0, TEST.DETECTIONS_PER_IMAGE = N), so the per-instance work (NMS, mask assembly,
+pasting masks at full resolution) is what a model that finds every cell would do, with or
+without trained weights. Each (model, N) runs in its own process so its peak RSS is its own.
+
+Reports images/s (median over --repeats after --warmup), peak RSS (CPU) or peak CUDA memory,
+YOLACT's stage breakdown, the YOLACT / Mask R-CNN ratios, and the cost of evaluation
+(COCOEvaluator + Kaggle metric) with 1000 detections per image. Table on stdout, JSON to --json.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(TOOLS, "..", "configs")
+
+
+def synth_images(n_cells: int, count: int, seed: int = 0) -> list:
+    from cellseg_d2.data.synthetic import synthesize_image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        cell_type = "shsy5y" if n_cells > 120 else "cort"
+        base = 340 if cell_type == "shsy5y" else 34
+        image, label = synthesize_image(rng, cell_type, density=n_cells / base)
+        images.append((np.repeat(image[:, :, None], 3, axis=2), int(label.max())))
+    return images
+
+
+def build(model_kind: str, config: str, weights: str, n_det: int, device: str):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from cellseg_d2.setup_cfg import load_cfg
+
+    opts = ["TEST.DETECTIONS_PER_IMAGE", str(n_det), "MODEL.DEVICE", device]
+    if model_kind == "yolact":
+        opts += ["MODEL.YOLACT.SCORE_THRESH_TEST", "0.0"]
+    else:
+        opts += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                 "MODEL.RPN.POST_NMS_TOPK_TEST", str(max(1000, 2 * n_det))]
+    cfg = load_cfg(config, opts)
+    model = build_model(cfg).eval()
+    if weights:
+        DetectionCheckpointer(model).load(weights)
+    return cfg, model
+
+
+class StageTimer:
+    def __init__(self, sync):
+        self.times = defaultdict(float)
+        self.sync = sync
+
+    def __call__(self, name):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                timer.sync()
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.sync()
+                timer.times[name] += time.perf_counter() - self.t
+
+        return _Ctx()
+
+
+def worker(args) -> dict:
+    """One (model, N) measurement; prints a JSON line."""
+    torch.set_num_threads(args.threads)
+    import cellseg_d2  # noqa: F401
+
+    device = args.device
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    config = args.yolact_config if args.model == "yolact" else args.maskrcnn_config
+    weights = args.yolact_weights if args.model == "yolact" else args.maskrcnn_weights
+    cfg, model = build(args.model, config, weights, args.n, device)
+    images = synth_images(args.n, args.images, seed=args.n)
+    from detectron2.data import transforms as T
+
+    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    timer = StageTimer(sync) if args.model == "yolact" else None
+    if timer:
+        model.stage_timer = timer
+    times, counts = [], []
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        for r in range(args.warmup + args.repeats):
+            if r == args.warmup and timer:
+                timer.times.clear()
+            image, _ = images[r % len(images)]
+            sync()
+            t = time.perf_counter()
+            # What DefaultPredictor does: resize, to tensor, forward at the original size.
+            resized = resize.get_transform(image).apply_image(image)
+            inp = {"image": torch.as_tensor(resized.transpose(2, 0, 1).astype("float32")).to(device),
+                   "height": image.shape[0], "width": image.shape[1]}
+            inst = model([inp])[0]["instances"]
+            sync()
+            if r >= args.warmup:
+                times.append(time.perf_counter() - t)
+                counts.append(len(inst))
+    out = {"model": args.model, "cells": args.n,
+           "cells_in_images": [c for _, c in images], "instances": int(np.median(counts)),
+           "median_s": statistics.median(times), "images_per_s": 1 / statistics.median(times),
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith("cuda"):
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if timer:
+        out["stages_s"] = {k: v / args.repeats for k, v in timer.times.items()}
+    return out
+
+
+def eval_cost(args) -> dict:
+    """Time COCOEvaluator + Kaggle metric on synthetic images with 1000 detections each."""
+    import tempfile
+
+    from detectron2.data import DatasetCatalog
+
+    import cellseg_d2  # noqa: F401
+    from cellseg_d2.data.sartorius import convert_sartorius
+    from cellseg_d2.data.synthetic import generate_dataset
+    from cellseg_d2.engine import build_cell_evaluator
+    from cellseg_d2.setup_cfg import load_cfg
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as root:
+        data = os.path.join(root, "synthetic")
+        generate_dataset(data, images_per_type=args.eval_images, cell_types=("shsy5y",),
+                         seed=1, progress=False)
+        convert_sartorius(data, data, split=(0, args.eval_images, 0), progress=False)
+        os.environ["CELLSEG_DATASETS"] = root
+        cfg = load_cfg(args.yolact_config, ["MODEL.YOLACT.SCORE_THRESH_TEST", "0.0",
+                                            "MODEL.DEVICE", args.device])
+        records = DatasetCatalog.get("synthetic_val")
+        _, model = build("yolact", args.yolact_config, args.yolact_weights, 1000, args.device)
+        from cellseg_d2.data.mapper import CellDatasetMapper
+
+        mapper = CellDatasetMapper(cfg, is_train=False)
+        with torch.no_grad():
+            outputs = [(r, model([mapper(r)])[0]) for r in records]
+        evaluator = build_cell_evaluator(cfg, "synthetic_val", os.path.join(root, "eval"))
+        coco, kaggle = evaluator._evaluators
+        res = {}
+        for name, ev in (("coco_evaluator", coco), ("kaggle_metric", kaggle)):
+            ev.reset()
+            t = time.perf_counter()
+            for r, o in outputs:
+                ev.process([{"image_id": r["image_id"], "file_name": r["file_name"],
+                             "height": r["height"], "width": r["width"]}], [o])
+            ev.evaluate()
+            res[name + "_s"] = time.perf_counter() - t
+        res["images"] = len(outputs)
+        res["detections_per_image"] = int(np.mean([len(o["instances"]) for _, o in outputs]))
+        res["gt_cells_per_image"] = int(np.mean([len(r["annotations"]) for r in records]))
+    return res
+
+
+def run_worker(args, model, n) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--model", model, "--n", str(n)]
+    for k in ("threads", "repeats", "warmup", "images", "device", "yolact_config",
+              "maskrcnn_config", "yolact_weights", "maskrcnn_weights"):
+        v = getattr(args, k)
+        if v not in (None, ""):
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: benchmark worker {model} N={n} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = f"{names[0]} x{len(names)}" if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cells", default="50,200,800", help="cells per image (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--images", type=int, default=3, help="distinct images per N")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--yolact-config", default=os.path.join(CONFIGS, "synthetic_R18_cpu.yaml"))
+    p.add_argument("--maskrcnn-config", default=os.path.join(CONFIGS, "maskrcnn_R18_cpu.yaml"))
+    p.add_argument("--yolact-weights", default="")
+    p.add_argument("--maskrcnn-weights", default="")
+    p.add_argument("--eval-images", type=int, default=4, help="images for the evaluation cost")
+    p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--json", default="output/benchmark.json")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+
+    cells = [int(c) for c in args.cells.split(",")]
+    rows = []
+    for n in cells:
+        for model in ("yolact", "maskrcnn"):
+            print(f"measuring {model} at {n} cells/image ...", file=sys.stderr, flush=True)
+            rows.append(run_worker(args, model, n))
+    report = {"machine": machine(), "device": args.device, "threads": args.threads,
+              "repeats": args.repeats, "warmup": args.warmup, "results": rows, "ratios": {}}
+    print(f"\n{report['machine']}; device {args.device}; {args.threads} threads; median of "
+          f"{args.repeats} after {args.warmup} warm-up\n")
+    print(f"{'cells':>6} {'model':>9} {'inst':>5} {'img/s':>7} {'ms/img':>8} {'peak RSS MB':>12}")
+    for r in rows:
+        print(f"{r['cells']:>6} {r['model']:>9} {r['instances']:>5} {r['images_per_s']:>7.2f} "
+              f"{r['median_s'] * 1000:>8.0f} {r['peak_rss_mb']:>12.0f}")
+    print("\nYOLACT / Mask R-CNN (same run):")
+    for n in cells:
+        y = next(r for r in rows if r["cells"] == n and r["model"] == "yolact")
+        m = next(r for r in rows if r["cells"] == n and r["model"] == "maskrcnn")
+        ratio = y["images_per_s"] / m["images_per_s"]
+        report["ratios"][str(n)] = {"speed": ratio, "peak_rss": y["peak_rss_mb"] / m["peak_rss_mb"]}
+        print(f"  {n:>4} cells: {ratio:.2f}x images/s, peak RSS {y['peak_rss_mb']:.0f} vs "
+              f"{m['peak_rss_mb']:.0f} MB")
+    print("\nYOLACT stage breakdown (ms per image):")
+    stages = ["backbone+fpn", "protonet", "head", "nms", "masks", "postprocess"]
+    print(f"{'cells':>6} " + " ".join(f"{s:>13}" for s in stages))
+    for r in rows:
+        if r["model"] == "yolact":
+            print(f"{r['cells']:>6} " + " ".join(f"{r['stages_s'].get(s, 0) * 1000:>13.1f}"
+                                                 for s in stages))
+    if not args.skip_eval:
+        print("\nmeasuring evaluation cost ...", file=sys.stderr, flush=True)
+        report["evaluation"] = eval_cost(args)
+        e = report["evaluation"]
+        print(f"\nEvaluation of {e['images']} images x {e['detections_per_image']} detections "
+              f"({e['gt_cells_per_image']} GT cells/image): COCOEvaluator {e['coco_evaluator_s']:.1f} s, "
+              f"Kaggle metric {e['kaggle_metric_s']:.1f} s")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    from cellseg_d2.utils import write_json
+
+    write_json(args.json, report)
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Segment cells in PNG/TIF images (8 or 16 bit, any size) with a trained checkpoint.
+
+Writes to --output: overlays/<name>.png (Detectron2 Visualizer), labels/<name>.tif (16-bit,
+0 = background, 1..N cells, non-overlapping), coco_results.json (+ images.json), submission.csv
+(Kaggle format), cells.csv (one row per cell) and counts.csv (cells per class, confluence).
+
+    tools/predict.py --config-file configs/synthetic_R18_cpu.yaml --weights model_final.pth \
+        --input 'images/*.png' --output predictions/
+"""
+import argparse
+import sys
+
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultPredictor
+
+import cellseg_d2  # noqa: F401
+from cellseg_d2.data.image_io import ImageReadError, read_image
+from cellseg_d2.predict import InputError, list_images, predict_files
+from cellseg_d2.setup_cfg import SetupError, check_weights, load_cfg
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--weights", help="checkpoint (.pth); default: MODEL.WEIGHTS of the config")
+    p.add_argument("--input", required=True, help="image file, folder, glob pattern or .txt list")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--score-thresh", type=float, help="minimum score (default: config's)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_cfg(args.config_file, args.opts, args.weights, args.device)
+        if args.score_thresh is not None:
+            cfg.MODEL.YOLACT.SCORE_THRESH_TEST = args.score_thresh
+        check_weights(cfg.MODEL.WEIGHTS)
+        files = list_images(args.input)
+        predictor = DefaultPredictor(cfg)
+        name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0]
+        metadata = MetadataCatalog.get(name)
+        counts = predict_files(predictor, files, lambda f: read_image(f, cfg.INPUT.FORMAT),
+                               args.output, metadata.thing_classes, metadata)
+    except (SetupError, InputError, ImageReadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    total = sum(c["cells"] for c in counts)
+    print(f"{len(counts)} images, {total} cells -> {args.output}/ (overlays/, labels/, "
+          f"coco_results.json, submission.csv, cells.csv, counts.csv)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Rank a dataset's images by their per-image Kaggle score and save the best and worst as
+side-by-side panels: ground truth | prediction (Detectron2 Visualizer).
+
+    tools/visualize_samples.py --config-file CFG --weights model_final.pth \
+        [--dataset synthetic_val] [--num 2] --output samples/
+"""
+import argparse
+import csv
+import os
+import sys
+
+import cv2
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from tqdm import tqdm
+
+import cellseg_d2  # noqa: F401
+from cellseg_d2.data.datasets import DatasetMissingError
+from cellseg_d2.data.mapper import CellDatasetMapper, decode_masks
+from cellseg_d2.evaluation.kaggle_metric import image_score, remove_overlaps
+from cellseg_d2.predict import write_image
+from cellseg_d2.setup_cfg import SetupError, check_weights, load_cfg
+from cellseg_d2.utils import atomic_open
+
+
+def panel(record, instances, metadata, score):
+    image = cv2.imread(record["file_name"], cv2.IMREAD_COLOR)[:, :, ::-1]
+    gt = Visualizer(image, metadata, instance_mode=ColorMode.IMAGE).draw_dataset_dict(record)
+    pred = Visualizer(image, metadata, instance_mode=ColorMode.IMAGE).draw_instance_predictions(
+        instances)
+    left, right = gt.get_image(), pred.get_image()
+    sep = np.full((left.shape[0], 8, 3), 255, np.uint8)
+    out = np.concatenate([left, sep, right], axis=1)[:, :, ::-1].copy()
+    for text, x in ((f"ground truth ({len(record['annotations'])})", 8),
+                    (f"prediction ({len(instances)}), score {score:.3f}", left.shape[1] + 16)):
+        cv2.putText(out, text, (x, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3)
+        cv2.putText(out, text, (x, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--weights", help="checkpoint; default MODEL.WEIGHTS")
+    p.add_argument("--dataset", help="registered dataset (default: first of DATASETS.TEST)")
+    p.add_argument("--num", type=int, default=2, help="how many best and worst images")
+    p.add_argument("--output", required=True)
+    p.add_argument("--device")
+    p.add_argument("opts", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    try:
+        cfg = load_cfg(args.config_file, args.opts, args.weights, args.device)
+        check_weights(cfg.MODEL.WEIGHTS)
+        name = args.dataset or cfg.DATASETS.TEST[0]
+        records = DatasetCatalog.get(name)
+    except (SetupError, DatasetMissingError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    metadata = MetadataCatalog.get(name)
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    mapper = CellDatasetMapper(cfg, is_train=False)
+    scored = []
+    with torch.no_grad():
+        for record in tqdm(records, desc="scoring", unit="img"):
+            inst = model([mapper(record)])[0]["instances"].to("cpu")
+            masks, _ = remove_overlaps(inst.pred_masks, inst.scores.numpy())
+            gt = decode_masks(record["annotations"], record["height"], record["width"])
+            scored.append((image_score(gt, masks.numpy()), record, inst))
+    scored.sort(key=lambda t: -t[0])
+    os.makedirs(args.output, exist_ok=True)
+    k = min(args.num, len(scored))
+    picks = [("best", i + 1, scored[i]) for i in range(k)]
+    picks += [("worst", i + 1, scored[-1 - i]) for i in range(k)]
+    for kind, rank, (score, record, inst) in picks:
+        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        write_image(os.path.join(args.output, f"{kind}_{rank}_{stem}.png"),
+                    panel(record, inst, metadata, score))
+    with atomic_open(os.path.join(args.output, "scores.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "kaggle_score", "gt_cells", "pred_cells"])
+        for score, record, inst in scored:
+            writer.writerow([os.path.basename(record["file_name"]), f"{score:.4f}",
+                             len(record["annotations"]), len(inst)])
+    print(f"wrote {2 * k} panels and scores.csv to {args.output}/ "
+          f"(best {scored[0][0]:.3f}, worst {scored[-1][0]:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
