@@ -52,3 +52,6 @@ def add_yolact_config(cfg):
     cfg.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
     cfg.INPUT.VERTICAL_FLIP = True
     cfg.TEST.DETECTIONS_PER_IMAGE = 1000
+    # Score above which a detection counts as a cell in label images, counts, the Kaggle
+    # submission and the Kaggle metric (COCO AP uses every detection).
+    cfg.TEST.INSTANCE_SCORE_THRESH = 0.5

@@ -17,7 +17,7 @@ def build_cell_evaluator(cfg, dataset_name, output_folder):
         CellCOCOEvaluator(dataset_name, tasks=("bbox", "segm"), distributed=False,
                           output_dir=output_folder,
                           max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE),
-        KaggleMetricEvaluator(dataset_name),
+        KaggleMetricEvaluator(dataset_name, cfg.TEST.INSTANCE_SCORE_THRESH),
     ])
 
 

@@ -5,11 +5,12 @@ import os
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_util
+import torch
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from .data.image_io import IMAGE_EXTENSIONS
 from .data.rle import rle_encode
+from .evaluation.box_rle import encode_instance_masks
 from .evaluation.kaggle_metric import remove_overlaps
 from .utils import atomic_open
 
@@ -80,9 +81,8 @@ def overlay(image_bgr, instances, metadata) -> np.ndarray:
 
 def coco_results(image_id: int, masks, classes, scores, boxes) -> list:
     out = []
-    for m, c, s, b in zip(masks, classes, scores, boxes):
-        rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
+    rles = encode_instance_masks(masks, boxes)
+    for rle, c, s, b in zip(rles, classes, scores, boxes):
         x0, y0, x1, y1 = (float(v) for v in b)
         out.append({"image_id": image_id, "category_id": int(c) + 1, "score": float(s),
                     "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": rle})
@@ -96,9 +96,11 @@ def write_csv(path: str, rows: list, fields: list) -> None:
         writer.writerows(rows)
 
 
-def predict_files(predictor, files, read_image, output_dir, class_names, metadata, progress=True):
-    """Run ``predictor`` (DefaultPredictor) on ``files``; write per-image overlay / label TIFF
-    and the run's coco_results.json, submission.csv, cells.csv, counts.csv. Returns counts."""
+def predict_files(predictor, files, read_image, output_dir, class_names, metadata,
+                  score_thresh: float = 0.5, progress=True):
+    """Run ``predictor`` (DefaultPredictor) on ``files``; keep detections scoring above
+    ``score_thresh``, made non-overlapping (higher score wins); write per-image overlay / label
+    TIFF and the run's coco_results.json, submission.csv, cells.csv, counts.csv. Returns counts."""
     from tqdm import tqdm
 
     from .utils import write_json
@@ -110,11 +112,13 @@ def predict_files(predictor, files, read_image, output_dir, class_names, metadat
         name = os.path.splitext(os.path.basename(path))[0]
         image = read_image(path)
         inst = predictor(image)["instances"].to("cpu")
-        masks, keep = remove_overlaps(inst.pred_masks, inst.scores.numpy())
+        inst = inst[inst.scores > score_thresh]
+        masks, keep = remove_overlaps(inst.pred_masks, inst.scores.numpy(), inst.pred_boxes.tensor)
         masks = masks.numpy()
         classes = inst.pred_classes.numpy()[keep]
         scores = inst.scores.numpy()[keep]
-        write_image(os.path.join(output_dir, "overlays", f"{name}.png"), overlay(image, inst, metadata))
+        write_image(os.path.join(output_dir, "overlays", f"{name}.png"),
+                    overlay(image, inst[torch.from_numpy(keep)], metadata))
         write_image(os.path.join(output_dir, "labels", f"{name}.tif"), label_image(masks))
         images.append({"id": image_id, "file_name": os.path.abspath(path),
                        "height": image.shape[0], "width": image.shape[1]})

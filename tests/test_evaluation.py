@@ -120,3 +120,41 @@ def test_per_class_table_equals_pycocotools(tiny_synthetic):
         p = ref.eval["precision"][:, :, 0, 0, -1]
         assert table[name]["AP"] == pytest.approx(p[p > -1].mean() * 100)
     assert table["shsy5y"]["AP"] < 100
+
+
+def test_remove_overlaps_with_boxes_equals_dense():
+    rng = np.random.default_rng(1)
+    masks = torch.zeros(40, 50, 60, dtype=torch.bool)
+    boxes = []
+    for i in range(40):
+        x0, y0 = rng.integers(0, 50), rng.integers(0, 40)
+        x1, y1 = x0 + rng.integers(1, 12), y0 + rng.integers(1, 12)
+        masks[i, y0:y1, x0:x1] = torch.from_numpy(rng.random((y1 - y0, min(x1, 60) - x0)) > 0.3)
+        boxes.append([x0, y0, x1, y1])
+    scores = rng.random(40)
+    dense, keep_dense = remove_overlaps(masks, scores)
+    local, keep_local = remove_overlaps(masks, scores, torch.tensor(boxes, dtype=torch.float))
+    assert np.array_equal(keep_dense, keep_local) and torch.equal(dense, local)
+    assert local.sum(0).max() == 1
+
+
+def test_box_rle_equals_pycocotools():
+    from cellseg_d2.evaluation.box_rle import encode_instance_masks
+
+    rng = np.random.default_rng(0)
+    h, w = 52, 70
+    masks = np.zeros((30, h, w), bool)
+    boxes = []
+    for i in range(30):
+        x0, y0 = rng.integers(0, w - 5), rng.integers(0, h - 5)
+        bw, bh = rng.integers(1, 15, 2)
+        masks[i, y0:y0 + bh, x0:x0 + bw] = rng.random((min(bh, h - y0), min(bw, w - x0))) > 0.3
+        boxes.append([x0, y0, x0 + bw, y0 + bh])
+    masks[3, 0, 0] = True  # a pixel outside its box: full encoding fallback
+    masks[4] = False  # empty
+    masks[5, h - 1, w - 1] = True
+    boxes[5] = [w - 1, h - 1, w, h]
+    rles = encode_instance_masks(torch.from_numpy(masks), torch.tensor(boxes, dtype=torch.float))
+    for m, r in zip(masks, rles):
+        ref = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+        assert r["counts"] == ref["counts"].decode() and r["size"] == [h, w]

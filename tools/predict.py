@@ -27,20 +27,22 @@ def main(argv=None):
     p.add_argument("--input", required=True, help="image file, folder, glob pattern or .txt list")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--score-thresh", type=float, help="minimum score (default: config's)")
+    p.add_argument("--score-thresh", type=float,
+                   help="score above which a detection is a cell (default TEST.INSTANCE_SCORE_THRESH)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     try:
         cfg = load_cfg(args.config_file, args.opts, args.weights, args.device)
         if args.score_thresh is not None:
-            cfg.MODEL.YOLACT.SCORE_THRESH_TEST = args.score_thresh
+            cfg.TEST.INSTANCE_SCORE_THRESH = args.score_thresh
         check_weights(cfg.MODEL.WEIGHTS)
         files = list_images(args.input)
         predictor = DefaultPredictor(cfg)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0]
         metadata = MetadataCatalog.get(name)
         counts = predict_files(predictor, files, lambda f: read_image(f, cfg.INPUT.FORMAT),
-                               args.output, metadata.thing_classes, metadata)
+                               args.output, metadata.thing_classes, metadata,
+                               cfg.TEST.INSTANCE_SCORE_THRESH)
     except (SetupError, InputError, ImageReadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

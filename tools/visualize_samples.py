@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Rank a dataset's images by their per-image Kaggle score and save the best and worst as
+"""Rank a dataset's images by their per-image Kaggle score (detections above
+TEST.INSTANCE_SCORE_THRESH) and save the best and worst as
 side-by-side panels: ground truth | prediction (Detectron2 Visualizer).
 
     tools/visualize_samples.py --config-file CFG --weights model_final.pth \
@@ -21,8 +22,9 @@ from tqdm import tqdm
 
 import cellseg_d2  # noqa: F401
 from cellseg_d2.data.datasets import DatasetMissingError
-from cellseg_d2.data.mapper import CellDatasetMapper, decode_masks
-from cellseg_d2.evaluation.kaggle_metric import image_score, remove_overlaps
+from cellseg_d2.data.mapper import CellDatasetMapper
+from cellseg_d2.evaluation.box_rle import encode_instance_masks
+from cellseg_d2.evaluation.kaggle_metric import annotation_rles, remove_overlaps, rle_score
 from cellseg_d2.predict import write_image
 from cellseg_d2.setup_cfg import SetupError, check_weights, load_cfg
 from cellseg_d2.utils import atomic_open
@@ -69,9 +71,12 @@ def main(argv=None):
     with torch.no_grad():
         for record in tqdm(records, desc="scoring", unit="img"):
             inst = model([mapper(record)])[0]["instances"].to("cpu")
-            masks, _ = remove_overlaps(inst.pred_masks, inst.scores.numpy())
-            gt = decode_masks(record["annotations"], record["height"], record["width"])
-            scored.append((image_score(gt, masks.numpy()), record, inst))
+            inst = inst[inst.scores > cfg.TEST.INSTANCE_SCORE_THRESH]
+            masks, keep = remove_overlaps(inst.pred_masks, inst.scores.numpy(),
+                                          inst.pred_boxes.tensor)
+            gt = annotation_rles(record["annotations"], record["height"], record["width"])
+            pred = encode_instance_masks(masks, inst.pred_boxes.tensor[torch.from_numpy(keep)])
+            scored.append((rle_score(gt, pred), record, inst))
     scored.sort(key=lambda t: -t[0])
     os.makedirs(args.output, exist_ok=True)
     k = min(args.num, len(scored))

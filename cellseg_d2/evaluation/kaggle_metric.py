@@ -15,22 +15,64 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 
-from ..data.mapper import decode_masks
+from .box_rle import encode_instance_masks
 
 THRESHOLDS = np.arange(0.5, 0.96, 0.05)
 
 
-def remove_overlaps(masks, scores):
-    """masks (n, H, W) bool, any order; returns (kept masks in score order, kept indices)."""
-    masks = torch.as_tensor(masks)
-    if len(masks) == 0:
+def remove_overlaps(masks, scores, boxes=None):
+    """Make masks non-overlapping: each pixel goes to the highest-scored mask covering it;
+    masks left empty are dropped. masks (n, H, W) bool; boxes (n, 4) XYXY, when given, limit
+    the work to each mask's box (masks must lie inside their boxes, as predicted masks do).
+    Returns (kept masks in score order as a bool tensor, their indices into the input)."""
+    masks = torch.as_tensor(masks).bool()
+    n = len(masks)
+    if n == 0:
         return masks, np.zeros(0, dtype=np.int64)
-    order = torch.as_tensor(np.argsort(-np.asarray(scores), kind="stable"))
-    ordered = masks[order].bool()
-    taken = torch.cumsum(ordered.to(torch.uint8), dim=0) > 1  # covered by a better one
-    ordered = ordered & ~taken
-    keep = ordered.flatten(1).any(dim=1)
-    return ordered[keep], order[keep].numpy()
+    height, width = masks.shape[1:]
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    if boxes is None:
+        regions = [(0, 0, width, height)] * n
+    else:
+        b = torch.as_tensor(boxes).float().cpu()
+        regions = list(zip((b[:, 0].floor() - 1).clamp(0, width).long().tolist(),
+                           (b[:, 1].floor() - 1).clamp(0, height).long().tolist(),
+                           (b[:, 2].ceil() + 1).clamp(0, width).long().tolist(),
+                           (b[:, 3].ceil() + 1).clamp(0, height).long().tolist()))
+    taken = torch.zeros((height, width), dtype=torch.bool)
+    out = masks[order].clone()
+    keep = np.zeros(n, dtype=bool)
+    for j, i in enumerate(order.tolist()):
+        x0, y0, x1, y1 = regions[i]
+        m = out[j, y0:y1, x0:x1]
+        m &= ~taken[y0:y1, x0:x1]
+        taken[y0:y1, x0:x1] |= m
+        keep[j] = bool(m.any())
+    return out[torch.from_numpy(keep)], order[keep]
+
+
+def annotation_rles(annotations, height: int, width: int) -> list:
+    rles = []
+    for a in annotations:
+        seg = a["segmentation"]
+        if isinstance(seg, list):
+            rles.append(mask_util.merge(mask_util.frPyObjects(seg, height, width)))
+        elif isinstance(seg["counts"], list):
+            rles.append(mask_util.frPyObjects(seg, height, width))
+        else:
+            rles.append(seg)
+    return rles
+
+
+def rle_score(gt_rles: list, pred_rles: list) -> float:
+    """Kaggle score of one image from COCO RLEs; predictions must not overlap."""
+    n_gt, n_pred = len(gt_rles), len(pred_rles)
+    if n_gt == 0 and n_pred == 0:
+        return 1.0
+    if n_gt == 0 or n_pred == 0:
+        return 0.0
+    iou = np.asarray(mask_util.iou(pred_rles, gt_rles, [0] * n_gt)).T  # (gt, pred)
+    return iou_matrix_score(iou)
 
 
 def _rles(masks) -> list:
@@ -39,14 +81,10 @@ def _rles(masks) -> list:
 
 
 def image_score(gt_masks, pred_masks) -> float:
-    """Kaggle score of one image; pred_masks must already be non-overlapping."""
-    n_gt, n_pred = len(gt_masks), len(pred_masks)
-    if n_gt == 0 and n_pred == 0:
-        return 1.0
-    if n_gt == 0 or n_pred == 0:
-        return 0.0
-    iou = mask_util.iou(_rles(pred_masks), _rles(gt_masks), [0] * n_gt).T  # (gt, pred)
-    return iou_matrix_score(iou)
+    """Kaggle score of one image from dense (n, H, W) masks; pred_masks must not overlap."""
+    gt = _rles(gt_masks) if len(gt_masks) else []
+    pred = _rles(pred_masks) if len(pred_masks) else []
+    return rle_score(gt, pred)
 
 
 def iou_matrix_score(iou: np.ndarray) -> float:
@@ -61,9 +99,13 @@ def iou_matrix_score(iou: np.ndarray) -> float:
 
 
 class KaggleMetricEvaluator(DatasetEvaluator):
-    def __init__(self, dataset_name: str):
+    """Scores detections above ``score_thresh`` (the competition scores every submitted mask,
+    so low-score detections that AP tolerates count as false positives here)."""
+
+    def __init__(self, dataset_name: str, score_thresh: float = 0.5):
         self._dataset_name = dataset_name
         self._classes = MetadataCatalog.get(dataset_name).thing_classes
+        self._score_thresh = score_thresh
         self._gt = None
 
     def reset(self):
@@ -76,16 +118,19 @@ class KaggleMetricEvaluator(DatasetEvaluator):
         for inp, out in zip(inputs, outputs):
             record = self._gt[inp["image_id"]]
             anns = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
-            gt_masks = decode_masks(anns, record["height"], record["width"])
+            gt_rles = annotation_rles(anns, record["height"], record["width"])
             gt_classes = np.array([a["category_id"] for a in anns], dtype=np.int64)
             inst = out["instances"].to("cpu")
-            masks, keep = remove_overlaps(inst.pred_masks, inst.scores.numpy())
+            inst = inst[inst.scores > self._score_thresh]
+            boxes = inst.pred_boxes.tensor
+            masks, keep = remove_overlaps(inst.pred_masks, inst.scores.numpy(), boxes)
+            pred_rles = encode_instance_masks(masks, boxes[torch.from_numpy(keep)])
             classes = inst.pred_classes.numpy()[keep]
-            masks = masks.numpy()
-            self._overall.append(image_score(gt_masks, masks))
+            self._overall.append(rle_score(gt_rles, pred_rles))
             for c in np.unique(gt_classes):
-                self._per_class[int(c)].append(
-                    image_score(gt_masks[gt_classes == c], masks[classes == c]))
+                self._per_class[int(c)].append(rle_score(
+                    [r for r, g in zip(gt_rles, gt_classes) if g == c],
+                    [r for r, k in zip(pred_rles, classes) if k == c]))
 
     def evaluate(self):
         result = {"score": float(np.mean(self._overall)) * 100 if self._overall else float("nan")}

@@ -8,10 +8,12 @@ import os
 
 import numpy as np
 from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import BoxMode
 from detectron2.utils.logger import create_small_table
 from tabulate import tabulate
 
 from ..utils import atomic_open, write_json
+from .box_rle import encode_instance_masks
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -53,9 +55,41 @@ def save_per_class(table: dict, output_dir: str, iou_type: str) -> None:
             writer.writerow([name] + [f"{v[m]:.4f}" for m in METRICS])
 
 
+def instances_to_coco_json(instances, image_id: int) -> list:
+    """Detectron2's instances_to_coco_json, with masks encoded from their boxes (box_rle)."""
+    n = len(instances)
+    if n == 0:
+        return []
+    boxes = instances.pred_boxes.tensor
+    xywh = BoxMode.convert(boxes.clone(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS).tolist()
+    scores = instances.scores.tolist()
+    classes = instances.pred_classes.tolist()
+    rles = encode_instance_masks(instances.pred_masks, boxes) if instances.has("pred_masks") \
+        else [None] * n
+    results = []
+    for k in range(n):
+        r = {"image_id": image_id, "category_id": classes[k], "bbox": xywh[k], "score": scores[k]}
+        if rles[k] is not None:
+            r["segmentation"] = rles[k]
+        results.append(r)
+    return results
+
+
 class CellCOCOEvaluator(COCOEvaluator):
     """Adds "<metric>-<class>" entries for every metric and writes per_class_{bbox,segm}.{json,csv}
-    in the output folder."""
+    in the output folder. Masks are RLE-encoded from their boxes (much faster with ~1000
+    detections per image); results are identical to Detectron2's encoding."""
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            prediction = {"image_id": inp["image_id"]}
+            if "instances" in out:
+                prediction["instances"] = instances_to_coco_json(
+                    out["instances"].to(self._cpu_device), inp["image_id"])
+            if "proposals" in out:
+                prediction["proposals"] = out["proposals"].to(self._cpu_device)
+            if len(prediction) > 1:
+                self._predictions.append(prediction)
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         results = super()._derive_coco_results(coco_eval, iou_type, class_names)
