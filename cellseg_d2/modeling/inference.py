@@ -40,13 +40,14 @@ def fast_nms(boxes, scores, score_thresh: float, iou_thresh: float, top_k: int, 
     return idx[order], classes[order], kept_scores[order]
 
 
-def paste_masks(proto, coefs, boxes, input_hw, output_hw, stride: float, threshold: float = 0.5):
-    """Assemble sigmoid(P C^T) per instance, upsampled (bilinear) to the output image and cut
-    to its box, as a bool (n, H, W) tensor.
+def paste_masks(proto, coefs, boxes, input_hw, output_hw, stride: float, threshold: float = 0.5,
+                chunk: int = 128):
+    """Assemble sigmoid(P C^T) per instance, upsampled (bilinear, align_corners=False) to the
+    output image and cut to its box, as a bool (n, H, W) tensor.
 
-    Only each box's own pixels are computed: the mask is evaluated on the prototype window
-    under the box and sampled onto the box's output pixels, so memory and time grow with the
-    boxes' area, never with n x H x W floats.
+    Only each box's own output pixels are sampled: instances are sorted by box size and
+    processed in chunks, each sampling a (chunk, box_h, box_w) grid from the prototype-resolution
+    masks, so memory and time grow with the boxes' area, never with n x H x W floats.
 
     proto (k, hp, wp) at ``stride`` input pixels per prototype pixel; coefs (n, k); boxes (n, 4)
     in output pixels; input_hw: the resized image size the network saw (before padding);
@@ -57,37 +58,42 @@ def paste_masks(proto, coefs, boxes, input_hw, output_hw, stride: float, thresho
     masks = torch.zeros((n, out_h, out_w), dtype=torch.bool, device=coefs.device)
     if n == 0:
         return masks
-    # output pixel -> prototype coordinate (align_corners=False convention)
-    sy = input_hw[0] / out_h / stride
+    sy = input_hw[0] / out_h / stride  # output pixel -> prototype coordinate
     sx = input_hw[1] / out_w / stride
-    hp, wp = proto.shape[1:]
-    valid_h = min(hp, math.ceil(input_hw[0] / stride))
-    valid_w = min(wp, math.ceil(input_hw[1] / stride))
-    boxes_cpu = boxes.detach().float().cpu()
-    x0s = boxes_cpu[:, 0].floor().clamp(0, out_w).long().tolist()
-    y0s = boxes_cpu[:, 1].floor().clamp(0, out_h).long().tolist()
-    x1s = boxes_cpu[:, 2].ceil().clamp(0, out_w).long().tolist()
-    y1s = boxes_cpu[:, 3].ceil().clamp(0, out_h).long().tolist()
-    for i in range(n):
-        x0, y0, x1, y1 = x0s[i], y0s[i], x1s[i], y1s[i]
-        if x1 <= x0 or y1 <= y0:
+    valid_h = min(proto.shape[1], math.ceil(input_hw[0] / stride))
+    valid_w = min(proto.shape[2], math.ceil(input_hw[1] / stride))
+    proto = proto[:, :valid_h, :valid_w]
+    b = boxes.detach().float()
+    x0 = b[:, 0].floor().clamp(0, out_w).long()
+    y0 = b[:, 1].floor().clamp(0, out_h).long()
+    x1 = b[:, 2].ceil().clamp(0, out_w).long()
+    y1 = b[:, 3].ceil().clamp(0, out_h).long()
+    bh, bw = (y1 - y0).clamp(min=0), (x1 - x0).clamp(min=0)
+    order = (bh * bw).argsort()
+    x0l, y0l, bhl, bwl = x0.tolist(), y0.tolist(), bh.tolist(), bw.tolist()
+    for start in range(0, n, chunk):
+        idx = order[start:start + chunk]
+        hmax, wmax = int(bh[idx].max()), int(bw[idx].max())
+        if hmax == 0 or wmax == 0:
             continue
-        ys = (torch.arange(y0, y1, device=proto.device, dtype=proto.dtype) + 0.5) * sy - 0.5
-        xs = (torch.arange(x0, x1, device=proto.device, dtype=proto.dtype) + 0.5) * sx - 0.5
-        ys = ys.clamp(0, valid_h - 1)
-        xs = xs.clamp(0, valid_w - 1)
-        py0, px0 = int(ys[0].floor()), int(xs[0].floor())
-        py1, px1 = min(int(ys[-1].floor()) + 2, valid_h), min(int(xs[-1].floor()) + 2, valid_w)
-        window = torch.sigmoid(torch.einsum("khw,k->hw", proto[:, py0:py1, px0:px1], coefs[i]))
-        # bilinear sampling of the probabilities, as F.interpolate(align_corners=False) does
-        fy, fx = ys - py0, xs - px0
+        probs = torch.sigmoid(torch.einsum("khw,nk->nhw", proto, coefs[idx]))
+        ys = y0[idx, None] + torch.arange(hmax, device=b.device)  # (c, hmax) output rows
+        xs = x0[idx, None] + torch.arange(wmax, device=b.device)
+        fy = ((ys + 0.5) * sy - 0.5).clamp(0, valid_h - 1)
+        fx = ((xs + 0.5) * sx - 0.5).clamp(0, valid_w - 1)
         iy0, ix0 = fy.floor().long(), fx.floor().long()
-        iy1 = (iy0 + 1).clamp(max=window.shape[0] - 1)
-        ix1 = (ix0 + 1).clamp(max=window.shape[1] - 1)
-        wy, wx = (fy - iy0)[:, None], (fx - ix0)[None, :]
-        top = window[iy0][:, ix0] * (1 - wx) + window[iy0][:, ix1] * wx
-        bottom = window[iy1][:, ix0] * (1 - wx) + window[iy1][:, ix1] * wx
-        masks[i, y0:y1, x0:x1] = (top * (1 - wy) + bottom * wy) > threshold
+        iy1, ix1 = (iy0 + 1).clamp(max=valid_h - 1), (ix0 + 1).clamp(max=valid_w - 1)
+        wy, wx = (fy - iy0)[:, :, None], (fx - ix0)[:, None, :]
+        c = torch.arange(len(idx), device=b.device)[:, None, None]
+        r0, r1 = iy0[:, :, None], iy1[:, :, None]
+        c0, c1 = ix0[:, None, :], ix1[:, None, :]
+        top = probs[c, r0, c0] * (1 - wx) + probs[c, r0, c1] * wx
+        bottom = probs[c, r1, c0] * (1 - wx) + probs[c, r1, c1] * wx
+        sampled = (top * (1 - wy) + bottom * wy) > threshold
+        for j, i in enumerate(idx.tolist()):
+            h, w = bhl[i], bwl[i]
+            if h and w:
+                masks[i, y0l[i]:y0l[i] + h, x0l[i]:x0l[i] + w] = sampled[j, :h, :w]
     return masks
 
 
