@@ -21,8 +21,12 @@ def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None)
     try:
         cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
-    except KeyError as e:
-        raise SetupError(f"{config_file}: unknown config key {e.args[0] if e.args else e}") from None
+    except (KeyError, AssertionError) as e:
+        # yacs: KeyError "Non-existent config key: X" (file), AssertionError "Non-existent key: X"
+        msg = str(e.args[0] if e.args else e)
+        if "Non-existent" not in msg:
+            raise SetupError(f"{config_file}: bad config: {msg}") from None
+        raise SetupError(f"{config_file}: unknown config key {msg.split(':')[-1].strip()}") from None
     except ValueError as e:
         raise SetupError(f"{config_file}: bad config value: {e}") from None
     if weights is not None:

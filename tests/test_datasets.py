@@ -68,3 +68,25 @@ def test_livecell_official_layout(tmp_path, monkeypatch):
     assert all(cv2.imread(d["file_name"]) is not None for d in dicts)
     bv2 = DatasetCatalog.get("livecell_bv2_train")
     assert len(bv2) == 1 and bv2[0]["annotations"][0]["category_id"] == 0
+
+
+def test_epochs_become_iterations(tiny_synthetic, monkeypatch):
+    from cellseg_d2.setup_cfg import apply_epochs, load_cfg
+
+    monkeypatch.setenv("CELLSEG_DATASETS", str(tiny_synthetic))
+    cfg = load_cfg("configs/synthetic_R18_cpu.yaml",
+                   ["SOLVER.EPOCHS", "10", "SOLVER.IMS_PER_BATCH", "3", "TEST.EVAL_PERIOD_EPOCHS", "5"])
+    assert apply_epochs(cfg) == 2  # 4 training images, batch 3
+    assert cfg.SOLVER.MAX_ITER == 20 and cfg.SOLVER.STEPS == (16, 19)
+    assert cfg.TEST.EVAL_PERIOD == 10
+
+
+def test_overfit_subset_takes_four_images_per_class(tiny_synthetic, monkeypatch):
+    from cellseg_d2.data.datasets import first_per_class
+
+    monkeypatch.setenv("CELLSEG_DATASETS", str(tiny_synthetic))
+    records = DatasetCatalog.get("synthetic_train") + DatasetCatalog.get("synthetic_val")
+    chosen = first_per_class(records, per_class=1)
+    majority = [max(set(c := [a["category_id"] for a in r["annotations"]]), key=c.count)
+                for r in chosen]
+    assert sorted(majority) == [0, 1, 2]

@@ -1,0 +1,28 @@
+import glob
+import os
+
+import pytest
+from detectron2.modeling import build_model
+
+import cellseg_d2  # noqa: F401
+from cellseg_d2.setup_cfg import SetupError, load_cfg
+
+from .conftest import REPO
+
+CONFIGS = sorted(glob.glob(str(REPO / "configs" / "*.yaml")))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_builds(path):
+    cfg = load_cfg(path, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    model = build_model(cfg)
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 1000
+    expected = "Yolact" if cfg.MODEL.META_ARCHITECTURE == "Yolact" else "GeneralizedRCNN"
+    assert type(model).__name__ == expected
+
+
+def test_wrong_key_and_missing_file_are_one_line_errors():
+    with pytest.raises(SetupError, match="unknown config key MODEL.YOLACT.NOPE"):
+        load_cfg(CONFIGS[0], ["MODEL.YOLACT.NOPE", "1"])
+    with pytest.raises(SetupError, match="nope.yaml: config file not found"):
+        load_cfg("nope.yaml")
