@@ -20,6 +20,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import cellseg_d2  # noqa: F401  (registers datasets)
 from cellseg_d2.data.datasets import datasets_root
+from cellseg_d2.data.mapper import annotation_rles
 from cellseg_d2.data.sartorius import class_statistics, convert_sartorius, format_statistics
 from cellseg_d2.data.synthetic import generate_dataset
 
@@ -27,19 +28,15 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(TOOLS, "..", "configs", "synthetic_R18_cpu.yaml")
 
 
-def segmentation_area(seg, record) -> float:
-    if isinstance(seg, list):
-        seg = mask_util.merge(mask_util.frPyObjects(seg, record["height"], record["width"]))
-    return float(mask_util.area(seg))
-
-
 def dataset_summary(name: str) -> str:
     dicts = DatasetCatalog.get(name)
     classes = MetadataCatalog.get(name).thing_classes
     coco_like = {"categories": [{"id": i, "name": c} for i, c in enumerate(classes)],
                  "annotations": [{"image_id": d["image_id"], "category_id": a["category_id"],
-                                  "area": segmentation_area(a["segmentation"], d)}
-                                 for d in dicts for a in d["annotations"]]}
+                                  "area": float(mask_util.area(rle))}
+                                 for d in dicts for a, rle in zip(
+                                     d["annotations"],
+                                     annotation_rles(d["annotations"], d["height"], d["width"]))]}
     return format_statistics(class_statistics(coco_like), f"\n{name}: {len(dicts)} images")
 
 

@@ -25,8 +25,8 @@ def build_augmentations(cfg, is_train: bool):
     return augs
 
 
-def decode_masks(annotations, height: int, width: int) -> np.ndarray:
-    """(n, H, W) uint8 masks from COCO RLE / polygon segmentations."""
+def annotation_rles(annotations, height: int, width: int) -> list:
+    """COCO RLEs of annotations whose segmentation is RLE, uncompressed RLE or polygons."""
     rles = []
     for a in annotations:
         seg = a["segmentation"]
@@ -36,6 +36,12 @@ def decode_masks(annotations, height: int, width: int) -> np.ndarray:
             rles.append(mask_util.frPyObjects(seg, height, width))
         else:
             rles.append(seg)
+    return rles
+
+
+def decode_masks(annotations, height: int, width: int) -> np.ndarray:
+    """(n, H, W) uint8 masks from COCO RLE / polygon segmentations."""
+    rles = annotation_rles(annotations, height, width)
     if not rles:
         return np.zeros((0, height, width), np.uint8)
     # decode() gives (H, W, n) in Fortran order: the (n, H, W) view is free, a copy is not.

@@ -15,6 +15,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 
+from ..data.mapper import annotation_rles
 from .box_rle import encode_instance_masks
 
 THRESHOLDS = np.arange(0.5, 0.96, 0.05)
@@ -49,19 +50,6 @@ def remove_overlaps(masks, scores, boxes=None):
         taken[y0:y1, x0:x1] |= m
         keep[j] = bool(m.any())
     return out[torch.from_numpy(keep)], order[keep]
-
-
-def annotation_rles(annotations, height: int, width: int) -> list:
-    rles = []
-    for a in annotations:
-        seg = a["segmentation"]
-        if isinstance(seg, list):
-            rles.append(mask_util.merge(mask_util.frPyObjects(seg, height, width)))
-        elif isinstance(seg["counts"], list):
-            rles.append(mask_util.frPyObjects(seg, height, width))
-        else:
-            rles.append(seg)
-    return rles
 
 
 def rle_score(gt_rles: list, pred_rles: list) -> float:
