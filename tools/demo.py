@@ -49,7 +49,7 @@ def run(step: str, args: list) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--images-per-type", type=int, default=8)
-    p.add_argument("--iters", type=int, default=150, help="training iterations (default 150)")
+    p.add_argument("--iters", type=int, default=120, help="training iterations (default 120)")
     p.add_argument("--output", default="output/demo")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
