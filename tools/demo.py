@@ -64,7 +64,7 @@ def main(argv=None):
 
     train_opts = ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.STEPS", f"({int(args.iters * 0.8)},)",
                   "SOLVER.WARMUP_ITERS", str(min(50, args.iters // 3)),
-                  "SOLVER.CHECKPOINT_PERIOD", str(args.iters), "TEST.EVAL_PERIOD", str(args.iters),
+                  "SOLVER.CHECKPOINT_PERIOD", str(args.iters), "TEST.EVAL_PERIOD", str(args.iters // 2),
                   "OUTPUT_DIR", out]
     run("[2/5] train + evaluate YOLACT R18 (CPU)",
         [os.path.join(TOOLS, "train_net.py"), "--config-file", CONFIG, *train_opts])
