@@ -148,7 +148,9 @@ def eval_cost(args) -> dict:
                          seed=1, progress=False)
         convert_sartorius(data, data, split=(0, args.eval_images, 0), progress=False)
         os.environ["CELLSEG_DATASETS"] = root
+        # Every detection counts for the Kaggle metric too (worst case: 1000 overlapping masks).
         cfg = load_cfg(args.yolact_config, ["MODEL.YOLACT.SCORE_THRESH_TEST", "0.0",
+                                            "TEST.INSTANCE_SCORE_THRESH", "-1.0",
                                             "MODEL.DEVICE", args.device])
         records = DatasetCatalog.get("synthetic_val")
         _, model = build("yolact", args.yolact_config, args.yolact_weights, 1000, args.device)
