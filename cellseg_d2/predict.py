@@ -7,12 +7,13 @@ import cv2
 import numpy as np
 import torch
 from detectron2.utils.visualizer import ColorMode, Visualizer
+from tqdm import tqdm
 
 from .data.image_io import IMAGE_EXTENSIONS
 from .data.rle import rle_encode
 from .evaluation.box_rle import encode_instance_masks
 from .evaluation.kaggle_metric import remove_overlaps
-from .utils import atomic_open
+from .utils import atomic_open, write_json
 
 
 class InputError(ValueError):
@@ -101,10 +102,6 @@ def predict_files(predictor, files, read_image, output_dir, class_names, metadat
     """Run ``predictor`` (DefaultPredictor) on ``files``; keep detections scoring above
     ``score_thresh``, made non-overlapping (higher score wins); write per-image overlay / label
     TIFF and the run's coco_results.json, submission.csv, cells.csv, counts.csv. Returns counts."""
-    from tqdm import tqdm
-
-    from .utils import write_json
-
     os.makedirs(os.path.join(output_dir, "overlays"), exist_ok=True)
     os.makedirs(os.path.join(output_dir, "labels"), exist_ok=True)
     results, images, submission, cells, counts = [], [], [], [], []

@@ -1,13 +1,16 @@
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 
 import cellseg_d2  # noqa: F401
 from cellseg_d2 import add_yolact_config
-from cellseg_d2.modeling.inference import fast_nms, paste_masks, upsample_probabilities
+from cellseg_d2.modeling.inference import fast_nms, paste_masks
 from cellseg_d2.modeling.loss import mask_loss, ohem_class_loss
 from cellseg_d2.modeling.matching import match_anchors
 
@@ -146,6 +149,20 @@ def test_fast_nms_equals_direct_reference(seed):
     expected = reference_fast_nms(boxes, scores, 0.2, 0.5, 50, 70)
     assert [(i, c) for _, i, c in expected] == list(zip(idx.tolist(), cls.tolist()))
     np.testing.assert_allclose(sc.numpy(), [s for s, _, _ in expected], rtol=1e-6)
+
+
+def upsample_probabilities(proto, coefs, input_hw, output_hw, stride: float):
+    """Dense reference for paste_masks: sigmoid(P C^T) upsampled to the output for all
+    instances with F.interpolate (allocates n x H x W floats)."""
+    probs = torch.sigmoid(torch.einsum("khw,nk->nhw", proto, coefs))
+    valid_h = math.ceil(input_hw[0] / stride)
+    valid_w = math.ceil(input_hw[1] / stride)
+    probs = probs[:, :valid_h, :valid_w]
+    # Scale so that the valid region maps exactly onto input_hw, then onto output_hw.
+    full = F.interpolate(probs[:, None], scale_factor=(output_hw[0] / input_hw[0] * stride,
+                                                       output_hw[1] / input_hw[1] * stride),
+                         mode="bilinear", align_corners=False, recompute_scale_factor=False)
+    return full[:, 0, :output_hw[0], :output_hw[1]]
 
 
 def test_paste_masks_equals_dense_upsample_and_crop():

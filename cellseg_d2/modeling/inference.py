@@ -2,7 +2,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def batched_box_iou(a, b):
@@ -95,17 +94,3 @@ def paste_masks(proto, coefs, boxes, input_hw, output_hw, stride: float, thresho
             if h and w:
                 masks[i, y0l[i]:y0l[i] + h, x0l[i]:x0l[i] + w] = sampled[j, :h, :w]
     return masks
-
-
-def upsample_probabilities(proto, coefs, input_hw, output_hw, stride: float):
-    """Reference (dense) assembly: sigmoid(P C^T) upsampled to the output for all instances.
-    Used by tests to check :func:`paste_masks`; allocates n x H x W floats."""
-    probs = torch.sigmoid(torch.einsum("khw,nk->nhw", proto, coefs))
-    valid_h = math.ceil(input_hw[0] / stride)
-    valid_w = math.ceil(input_hw[1] / stride)
-    probs = probs[:, :valid_h, :valid_w]
-    # Scale so that the valid region maps exactly onto input_hw, then onto output_hw.
-    full = F.interpolate(probs[:, None], scale_factor=(output_hw[0] / input_hw[0] * stride,
-                                                       output_hw[1] / input_hw[1] * stride),
-                         mode="bilinear", align_corners=False, recompute_scale_factor=False)
-    return full[:, 0, :output_hw[0], :output_hw[1]]
