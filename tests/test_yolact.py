@@ -125,6 +125,26 @@ def test_matching_equals_brute_force(seed):
     assert (empty_label == 0).all()
 
 
+
+@pytest.mark.parametrize("seed", range(3))
+def test_grid_matching_equals_dense_on_real_anchor_layout(seed):
+    """The fast path (candidate pairs from the anchor grid) must give the dense result on the
+    anchors a Yolact model really builds, with ~800 cells, duplicates and boxes off the edge."""
+    model = build_model(tiny_cfg())
+    strides = model.anchor_generator.strides
+    feats = [torch.zeros(1, 1, -(-544 // s), -(-704 // s)) for s in strides]
+    anchors = Boxes.cat(model.anchor_generator(feats))
+    grid = [(f.shape[-2], f.shape[-1], s) for f, s in zip(feats, strides)]
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(800, 2, generator=g) * torch.tensor([724.0, 540.0]) - 10
+    gt = Boxes(torch.cat([xy, xy + 3 + torch.rand(800, 2, generator=g) * 80], 1))
+    gt.tensor[7] = gt.tensor[3]
+    expected_idx, expected_label = match_anchors(gt, anchors, 0.5, 0.4)
+    idx, label = match_anchors(gt, anchors, 0.5, 0.4, grid=grid)
+    assert (label == 1).sum() > 800
+    assert torch.equal(label, expected_label)
+    assert torch.equal(idx[label != 0], expected_idx[label != 0])
+
 def reference_fast_nms(boxes, scores, thresh, iou_thresh, top_k, max_det):
     out = []
     for c in range(scores.shape[1]):

@@ -92,13 +92,16 @@ class Yolact(nn.Module):
         with self._stage("head"):
             logits, deltas, coefs = self.head(feats)
             anchors = Boxes.cat(self.anchor_generator(feats))
+            grid = [(f.shape[-2], f.shape[-1], s)
+                    for f, s in zip(feats, self.anchor_generator.strides)]
             logits = cat([permute_to_N_HWA_K(x, self.num_classes + 1) for x in logits], dim=1)
             deltas = cat([permute_to_N_HWA_K(x, 4) for x in deltas], dim=1)
             coefs = cat([permute_to_N_HWA_K(x, proto.shape[1]) for x in coefs], dim=1)
         if self.training:
             gt = [x["instances"].to(self.device) for x in batched_inputs]
             seg_logits = self.semantic_head(features[self.proto_feature])
-            return self.losses(images, anchors, logits, deltas, coefs, proto, seg_logits, gt)
+            return self.losses(images, anchors, grid, logits, deltas, coefs, proto, seg_logits,
+                               gt)
         results = []
         for i, image_size in enumerate(images.image_sizes):
             height = batched_inputs[i].get("height", image_size[0])
@@ -130,11 +133,12 @@ class Yolact(nn.Module):
                 count[:, :sub.shape[1], :sub.shape[2]] += sub.to(torch.uint8)
         return (count >= 3).float()
 
-    def losses(self, images, anchors, logits, deltas, coefs, proto, seg_logits, gt):
+    def losses(self, images, anchors, grid, logits, deltas, coefs, proto, seg_logits, gt):
         padded_hw = images.tensor.shape[-2:]
         labels, target_deltas, matched = [], [], []
         for inst in gt:
-            idx, label = match_anchors(inst.gt_boxes, anchors, self.pos_iou, self.neg_iou)
+            idx, label = match_anchors(inst.gt_boxes, anchors, self.pos_iou, self.neg_iou,
+                                       grid=grid)
             cls = torch.full_like(label, self.num_classes)
             if len(inst):
                 cls = torch.where(label == 1, inst.gt_classes[idx], cls)
