@@ -44,6 +44,7 @@ def add_yolact_config(cfg):
     # Training length in epochs (0: use SOLVER.MAX_ITER as given). tools/train_net.py turns
     # epochs into iterations from the training set's size and SOLVER.IMS_PER_BATCH, LR steps
     # into fractions of it, and TEST.EVAL_PERIOD_EPOCHS into TEST.EVAL_PERIOD.
+    cfg.SOLVER.OPTIMIZER = "SGD"  # or "AdamW" (see engine.Trainer.build_optimizer)
     cfg.SOLVER.EPOCHS = 0
     cfg.SOLVER.STEP_FRACTIONS = (0.8, 0.95)
     cfg.TEST.EVAL_PERIOD_EPOCHS = 0

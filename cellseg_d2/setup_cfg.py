@@ -29,6 +29,9 @@ def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None)
         raise SetupError(f"{config_file}: unknown config key {msg.split(':')[-1].strip()}") from None
     except ValueError as e:
         raise SetupError(f"{config_file}: bad config value: {e}") from None
+    if cfg.SOLVER.OPTIMIZER not in ("SGD", "AdamW"):
+        raise SetupError(f"{config_file}: SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', "
+                         f"got {cfg.SOLVER.OPTIMIZER!r}")
     if weights is not None:
         cfg.MODEL.WEIGHTS = weights
     if device is not None:
