@@ -2,9 +2,11 @@ import glob
 import os
 
 import pytest
+import torch
 from detectron2.modeling import build_model
 
 import cellseg_d2  # noqa: F401
+from cellseg_d2.engine import Trainer
 from cellseg_d2.setup_cfg import SetupError, load_cfg
 
 from .conftest import REPO
@@ -26,3 +28,16 @@ def test_wrong_key_and_missing_file_are_one_line_errors():
         load_cfg(CONFIGS[0], ["MODEL.YOLACT.NOPE", "1"])
     with pytest.raises(SetupError, match="nope.yaml: config file not found"):
         load_cfg("nope.yaml")
+
+
+def test_optimizer_choice():
+    cfg = load_cfg(str(REPO / "configs" / "overfit12_R18_cpu.yaml"), ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    optimizer = Trainer.build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.param_groups[0]["lr"] == cfg.SOLVER.BASE_LR
+    cfg.defrost()
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    assert isinstance(Trainer.build_optimizer(cfg, model), torch.optim.SGD)
+    with pytest.raises(SetupError, match="SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got 'Adam'"):
+        load_cfg(CONFIGS[0], ["SOLVER.OPTIMIZER", "Adam"])
