@@ -145,6 +145,22 @@ def test_grid_matching_equals_dense_on_real_anchor_layout(seed):
     assert torch.equal(label, expected_label)
     assert torch.equal(idx[label != 0], expected_idx[label != 0])
 
+
+def test_gt_mask_targets_are_coverage_fractions():
+    """Training targets at prototype / semantic stride equal area downsampling of the masks
+    (soft edges), zero-padded to the batch size."""
+    model = build_model(tiny_cfg())
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(5, 517, 701, generator=g) > 0.5
+    inst = Instances((517, 701))
+    inst.gt_masks = BitMasks(masks)
+    for stride in (4, 8):
+        targets = model._gt_masks(inst, (544, 704), stride)
+        expected = F.interpolate(F.pad(masks.float(), (0, 3, 0, 27))[None],
+                                 scale_factor=1 / stride, mode="area")[0]
+        assert targets.shape == (5, 544 // stride, 704 // stride)
+        assert torch.allclose(targets, expected, atol=1e-6)
+
 def reference_fast_nms(boxes, scores, thresh, iou_thresh, top_k, max_det):
     out = []
     for c in range(scores.shape[1]):
