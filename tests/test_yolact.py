@@ -148,18 +148,28 @@ def test_grid_matching_equals_dense_on_real_anchor_layout(seed):
 
 def test_gt_mask_targets_are_coverage_fractions():
     """Training targets at prototype / semantic stride equal area downsampling of the masks
-    (soft edges), zero-padded to the batch size."""
+    (soft edges), zero-padded to the batch size, including cells cut by the image edge."""
     model = build_model(tiny_cfg())
     g = torch.Generator().manual_seed(0)
-    masks = torch.rand(5, 517, 701, generator=g) > 0.5
+    masks = torch.zeros(6, 517, 701, dtype=torch.bool)
+    boxes = []
+    for i, (x, y, size) in enumerate([(3, 5, 20), (100, 200, 35), (680, 500, 40),
+                                      (0, 0, 9), (350, 90, 60), (690, 10, 30)]):
+        patch = torch.rand(size, size, generator=g) > 0.3
+        region = masks[i, y:y + size, x:x + size]
+        region |= patch[:region.shape[0], :region.shape[1]]
+        ys, xs = masks[i].nonzero(as_tuple=True)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
     inst = Instances((517, 701))
     inst.gt_masks = BitMasks(masks)
+    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
     for stride in (4, 8):
         targets = model._gt_masks(inst, (544, 704), stride)
         expected = F.interpolate(F.pad(masks.float(), (0, 3, 0, 27))[None],
                                  scale_factor=1 / stride, mode="area")[0]
-        assert targets.shape == (5, 544 // stride, 704 // stride)
+        assert targets.shape == (6, 544 // stride, 704 // stride)
         assert torch.allclose(targets, expected, atol=1e-6)
+
 
 def reference_fast_nms(boxes, scores, thresh, iou_thresh, top_k, max_det):
     out = []

@@ -118,22 +118,33 @@ class Yolact(nn.Module):
         Soft targets keep sub-pixel edges: prototypes are at stride 4 and a cell is ~15 px
         across, so binarised targets cap mask AP near 0.64 on the synthetic overfit set, the
         fractions near 0.86 (bilinear upsampling of the fractions, thresholded at 0.5).
-        Summed on uint8 slices to avoid n x H x W floats (n reaches ~800)."""
+        Block sums are taken only inside each cell's box (widened by a pixel and rounded out
+        to the block grid): a few hundred small crops instead of n x H x W work (n reaches
+        ~800)."""
         masks = inst.gt_masks
         if isinstance(masks, PolygonMasks):
             masks = BitMasks.from_polygon_masks(masks, *inst.image_size)
         t = masks.tensor.to(self.device)
-        n = len(t)
+        n, h, w = t.shape
         ph, pw = padded_hw[0] // stride, padded_hw[1] // stride
+        out = torch.zeros((n, ph, pw), device=self.device)
         if n == 0:
-            return torch.zeros((0, ph, pw), device=self.device)
-        count = torch.zeros((n, ph, pw), dtype=torch.uint8 if stride < 16 else torch.int16,
-                            device=self.device)
-        for dy in range(stride):
-            for dx in range(stride):
-                sub = t[:, dy::stride, dx::stride][:, :ph, :pw]
-                count[:, :sub.shape[1], :sub.shape[2]] += sub.to(count.dtype)
-        return count.float() / (stride * stride)
+            return out
+        boxes = inst.gt_boxes.tensor.to(self.device)
+        lo = ((boxes[:, :2] - 1) / stride).floor().clamp(min=0).long()
+        hi = ((boxes[:, 2:] + 1) / stride).ceil().long()
+        hi[:, 0].clamp_(max=-(-w // stride))
+        hi[:, 1].clamp_(max=-(-h // stride))
+        for i, (x0, y0, x1, y1) in enumerate(torch.cat([lo, hi], 1).tolist()):
+            if x1 <= x0 or y1 <= y0:
+                continue
+            crop = t[i, y0 * stride:y1 * stride, x0 * stride:x1 * stride]
+            if crop.shape != ((y1 - y0) * stride, (x1 - x0) * stride):  # at the image edge
+                crop = F.pad(crop.to(torch.uint8), (0, (x1 - x0) * stride - crop.shape[1],
+                                                    0, (y1 - y0) * stride - crop.shape[0]))
+            block = crop.reshape(y1 - y0, stride, x1 - x0, stride)
+            out[i, y0:y1, x0:x1] = block.sum(dim=(1, 3), dtype=torch.int32).float()
+        return out / (stride * stride)
 
     def losses(self, images, anchors, grid, logits, deltas, coefs, proto, seg_logits, gt):
         padded_hw = images.tensor.shape[-2:]
