@@ -214,6 +214,7 @@ def main(argv=None):
     p.add_argument("--maskrcnn-weights", default="")
     p.add_argument("--eval-images", type=int, default=4, help="images for the evaluation cost")
     p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--eval-only", action="store_true", help="measure only the evaluation cost")
     p.add_argument("--json", default="output/benchmark.json")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -223,7 +224,7 @@ def main(argv=None):
         print(json.dumps(worker(args)))
         return 0
 
-    cells = [int(c) for c in args.cells.split(",")]
+    cells = [] if args.eval_only else [int(c) for c in args.cells.split(",")]
     rows = []
     for n in cells:
         for model in ("yolact", "maskrcnn"):
@@ -231,6 +232,8 @@ def main(argv=None):
             rows.append(run_worker(args, model, n))
     report = {"machine": machine(), "device": args.device, "threads": args.threads,
               "repeats": args.repeats, "warmup": args.warmup, "results": rows, "ratios": {}}
+    if args.eval_only and args.skip_eval:
+        p.error("--eval-only and --skip-eval leave nothing to measure")
     print(f"\n{report['machine']}; device {args.device}; {args.threads} threads; median of "
           f"{args.repeats} after {args.warmup} warm-up\n")
     print(f"{'cells':>6} {'model':>9} {'inst':>5} {'img/s':>7} {'ms/img':>8} {'peak RSS MB':>12}")
