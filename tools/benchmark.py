@@ -220,6 +220,8 @@ def main(argv=None):
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.eval_only and args.skip_eval:
+        p.error("--eval-only and --skip-eval leave nothing to measure")
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
@@ -232,8 +234,6 @@ def main(argv=None):
             rows.append(run_worker(args, model, n))
     report = {"machine": machine(), "device": args.device, "threads": args.threads,
               "repeats": args.repeats, "warmup": args.warmup, "results": rows, "ratios": {}}
-    if args.eval_only and args.skip_eval:
-        p.error("--eval-only and --skip-eval leave nothing to measure")
     print(f"\n{report['machine']}; device {args.device}; {args.threads} threads; median of "
           f"{args.repeats} after {args.warmup} warm-up\n")
     print(f"{'cells':>6} {'model':>9} {'inst':>5} {'img/s':>7} {'ms/img':>8} {'peak RSS MB':>12}")

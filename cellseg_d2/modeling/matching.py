@@ -1,6 +1,7 @@
 """Anchor to ground-truth matching, vectorised over ground truths (cell images have ~800)."""
 import torch
 from detectron2.structures import Boxes, pairwise_iou
+from detectron2.structures.boxes import matched_pairwise_iou
 
 IGNORE = -1
 
@@ -42,16 +43,6 @@ def grid_candidate_pairs(gt: torch.Tensor, anchors: torch.Tensor, grid):
     return torch.cat(pairs_g), torch.cat(pairs_a)
 
 
-def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of a[i] with b[i], computed exactly as detectron2's pairwise_iou does."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    wh = torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])
-    inter = wh.clamp_(min=0).prod(dim=1)
-    return torch.where(inter > 0, inter / (area_a + area_b - inter),
-                       torch.zeros(1, dtype=inter.dtype, device=inter.device))
-
-
 def _best_overlaps_dense(gt_boxes: Boxes, anchors: Boxes, chunk_elems: int):
     num_anchors, num_gt = len(anchors), len(gt_boxes)
     device = anchors.tensor.device
@@ -77,7 +68,7 @@ def _best_overlaps_grid(gt_boxes: Boxes, anchors: Boxes, grid):
     num_anchors, num_gt = len(anchors), len(gt_boxes)
     device = anchors.tensor.device
     g, a = grid_candidate_pairs(gt_boxes.tensor, anchors.tensor, grid)
-    iou = paired_iou(gt_boxes.tensor[g], anchors.tensor[a])
+    iou = matched_pairwise_iou(gt_boxes[g], anchors[a])  # same arithmetic as pairwise_iou
     best_iou = torch.zeros(num_anchors, device=device).scatter_reduce_(0, a, iou, "amax")
     tied = (iou == best_iou[a]) & (iou > 0)
     best_gt = torch.full((num_anchors,), num_gt, dtype=torch.long, device=device)
