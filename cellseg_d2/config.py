@@ -1,6 +1,8 @@
 """YOLACT configuration: ``add_yolact_config(cfg)`` adds ``cfg.MODEL.YOLACT``."""
 from detectron2.config import CfgNode as CN
 
+OPTIMIZERS = ("SGD", "AdamW")  # SOLVER.OPTIMIZER; see engine.Trainer.build_optimizer
+
 
 def add_yolact_config(cfg):
     cfg.MODEL.YOLACT = CN()

@@ -6,7 +6,7 @@ import urllib.error
 import torch
 from detectron2.config import get_cfg
 
-from .config import add_yolact_config
+from .config import OPTIMIZERS, add_yolact_config
 
 
 class SetupError(ValueError):
@@ -29,7 +29,7 @@ def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None)
         raise SetupError(f"{config_file}: unknown config key {msg.split(':')[-1].strip()}") from None
     except ValueError as e:
         raise SetupError(f"{config_file}: bad config value: {e}") from None
-    if cfg.SOLVER.OPTIMIZER not in ("SGD", "AdamW"):
+    if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
         raise SetupError(f"{config_file}: SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', "
                          f"got {cfg.SOLVER.OPTIMIZER!r}")
     if weights is not None:

@@ -92,14 +92,14 @@ class Yolact(nn.Module):
         with self._stage("head"):
             logits, deltas, coefs = self.head(feats)
             anchors = Boxes.cat(self.anchor_generator(feats))
-            grid = [(f.shape[-2], f.shape[-1], s)
-                    for f, s in zip(feats, self.anchor_generator.strides)]
             logits = cat([permute_to_N_HWA_K(x, self.num_classes + 1) for x in logits], dim=1)
             deltas = cat([permute_to_N_HWA_K(x, 4) for x in deltas], dim=1)
             coefs = cat([permute_to_N_HWA_K(x, proto.shape[1]) for x in coefs], dim=1)
         if self.training:
             gt = [x["instances"].to(self.device) for x in batched_inputs]
             seg_logits = self.semantic_head(features[self.proto_feature])
+            grid = [(f.shape[-2], f.shape[-1], s)
+                    for f, s in zip(feats, self.anchor_generator.strides)]
             return self.losses(images, anchors, grid, logits, deltas, coefs, proto, seg_logits,
                                gt)
         results = []
