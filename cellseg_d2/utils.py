@@ -27,3 +27,27 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
 def write_json(path: str, obj) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f)
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 2**31 - 1) -> bool:
+    """Tell glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
+
+    A CPU training step allocates and frees hundreds of MB of activations and mask targets.
+    By default glibc hands most of them back and every step page-faults them in again; on 2
+    cores that cost a third of each step (measured 3.7 s -> 2.45 s per 2-image step). Only
+    blocks over ``mmap_threshold`` (32 MB, glibc's ceiling) still come from mmap; the heap
+    is trimmed only above ``trim_threshold`` (mallopt takes a C int: 2 GB at most). Returns
+    False where this is not glibc (macOS, musl): nothing to tune there.
+    """
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018  (glibc only)
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(
+        mallopt(m_trim_threshold, trim_threshold))

@@ -16,6 +16,7 @@ import cellseg_d2  # noqa: F401  (registers datasets and the Yolact meta-archite
 from cellseg_d2.data.datasets import DatasetMissingError
 from cellseg_d2.engine import Trainer
 from cellseg_d2.setup_cfg import SetupError, apply_epochs, check_weights, load_cfg, load_weights
+from cellseg_d2.utils import keep_freed_memory
 
 
 def setup(args):
@@ -32,6 +33,7 @@ def setup(args):
 
 
 def main(args):
+    keep_freed_memory()  # before the first large allocation; see its docstring
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
