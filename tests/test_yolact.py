@@ -229,18 +229,20 @@ def test_paste_masks_equals_dense_upsample_and_crop():
     assert pasted.any()
 
 
-def test_mask_loss_ignores_pixels_outside_the_box():
+def test_mask_loss_covers_the_box_and_a_margin_only():
     proto = torch.randn(4, 16, 16)
     coefs = torch.randn(1, 4)
     gt = torch.zeros(1, 16, 16)
     gt[0, 4:8, 4:8] = 1
     box = torch.tensor([[16.0, 16.0, 32.0, 32.0]])  # stride 4 -> proto pixels 4..7
-    base = mask_loss(proto, coefs, gt, box, stride=4)
-    changed = proto.clone()
-    changed[:, 10:, 10:] += 5.0  # outside the box
-    assert torch.allclose(mask_loss(changed, coefs, gt, box, stride=4), base)
-    changed[:, 5, 5] += 5.0  # inside
-    assert not torch.allclose(mask_loss(changed, coefs, gt, box, stride=4), base)
+    for margin, first_outside in ((0.0, 8), (1.0, 9)):
+        base = mask_loss(proto, coefs, gt, box, stride=4, margin=margin)
+        changed = proto.clone()
+        changed[:, first_outside:, first_outside:] += 5.0
+        assert torch.allclose(mask_loss(changed, coefs, gt, box, stride=4, margin=margin), base)
+        changed[:, first_outside - 1, first_outside - 1] += 5.0  # last pixel inside
+        assert not torch.allclose(mask_loss(changed, coefs, gt, box, stride=4, margin=margin),
+                                  base)
 
 
 def test_ohem_uses_three_negatives_per_positive():
