@@ -151,3 +151,15 @@ def test_keep_freed_memory_stops_page_faults_on_reuse():
         return int(out.split()[-1])
     default, tuned = faults("default"), faults("tuned")
     assert tuned * 10 < default, (tuned, default)
+
+
+@pytest.mark.slow
+def test_benchmark_train_step_reports_every_setting(tmp_path):
+    out = tmp_path / "train.json"
+    subprocess.run([sys.executable, "tools/benchmark.py", "--train-step", "--warmup", "0",
+                    "--repeats", "1", "--json", str(out)], cwd=REPO, check=True,
+                   capture_output=True)
+    rows = json.loads(out.read_text())["train_step"]
+    assert {(r["malloc"], r["workers"]) for r in rows} == {
+        (m, w) for m in ("default", "kept") for w in (0, 1)}
+    assert all(r["median_s"] > r["median_data_s"] >= 0 for r in rows)

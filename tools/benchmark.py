@@ -11,6 +11,11 @@ without trained weights. Each (model, N) runs in its own process so its peak RSS
 Reports images/s (median over --repeats after --warmup), peak RSS (CPU) or peak CUDA memory,
 YOLACT's stage breakdown, the YOLACT / Mask R-CNN ratios, and the cost of evaluation
 (COCOEvaluator + Kaggle metric) with 1000 detections per image. Table on stdout, JSON to --json.
+
+--train-step measures YOLACT training iterations instead (2 images each, fresh synthetic
+images of all three types, the Trainer's own loader, model and optimizer), side by side with
+glibc's default malloc and with cellseg_d2.utils.keep_freed_memory (what tools/train_net.py
+does), each with DATALOADER.NUM_WORKERS 0 and 1.
 """
 import argparse
 import json
@@ -176,17 +181,86 @@ def eval_cost(args) -> dict:
     return res
 
 
-def run_worker(args, model, n) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--model", model, "--n", str(n)]
+def train_step_worker(args) -> dict:
+    """Median training iteration (data + forward + backward + step) for one setting."""
+    if args.malloc == "kept":
+        from cellseg_d2.utils import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise SystemExit("error: --train-step needs glibc malloc (Linux)")
+    torch.set_num_threads(args.threads)
+    from detectron2.modeling import build_model
+
+    import cellseg_d2  # noqa: F401
+    from cellseg_d2.engine import Trainer
+    from cellseg_d2.setup_cfg import load_cfg
+
+    cfg = load_cfg(args.yolact_config, ["DATASETS.TRAIN", "('synthetic_train',)",
+                                        "DATALOADER.NUM_WORKERS", str(args.workers),
+                                        "SOLVER.IMS_PER_BATCH", "2", "MODEL.DEVICE", args.device])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    optimizer = Trainer.build_optimizer(cfg, model)
+    loader = iter(Trainer.build_train_loader(cfg))
+    steps, data = [], []
+    for r in range(args.warmup + args.repeats):
+        t = time.perf_counter()
+        batch = next(loader)
+        t_data = time.perf_counter()
+        losses = model(batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        if r >= args.warmup:
+            steps.append(time.perf_counter() - t)
+            data.append(t_data - t)
+    return {"malloc": args.malloc, "workers": args.workers, "median_s": statistics.median(steps),
+            "median_data_s": statistics.median(data),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def train_step(args) -> dict:
+    import tempfile
+
+    from cellseg_d2.data.sartorius import convert_sartorius
+    from cellseg_d2.data.synthetic import generate_dataset
+
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        data = os.path.join(root, "synthetic")
+        generate_dataset(data, images_per_type=4, seed=2, progress=False)
+        convert_sartorius(data, data, split=(12, 0, 0), progress=False)
+        env = dict(os.environ, CELLSEG_DATASETS=root)
+        for workers in (0, 1):
+            for malloc in ("default", "kept"):
+                print(f"measuring training steps: malloc {malloc}, {workers} loader workers ...",
+                      file=sys.stderr, flush=True)
+                rows.append(run_subprocess(args, ["--model", "train", "--malloc", malloc,
+                                                  "--workers", str(workers)], env))
+    base = next(r for r in rows if r["malloc"] == "default" and r["workers"] == 1)
+    for r in rows:
+        r["speedup"] = base["median_s"] / r["median_s"]
+    return {"machine": machine(), "device": args.device, "threads": args.threads,
+            "repeats": args.repeats, "warmup": args.warmup, "config": args.yolact_config,
+            "train_step": rows}
+
+
+def run_subprocess(args, extra, env=None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", *extra]
     for k in ("threads", "repeats", "warmup", "images", "device", "yolact_config",
               "maskrcnn_config", "yolact_weights", "maskrcnn_weights"):
         v = getattr(args, k)
         if v not in (None, ""):
             cmd += [f"--{k.replace('_', '-')}", str(v)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"error: benchmark worker {model} N={n} failed:\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"error: benchmark worker {' '.join(extra)} failed:\n"
+                         f"{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_worker(args, model, n) -> dict:
+    return run_subprocess(args, ["--model", model, "--n", str(n)])
 
 
 def machine() -> str:
@@ -215,16 +289,24 @@ def main(argv=None):
     p.add_argument("--eval-images", type=int, default=4, help="images for the evaluation cost")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--eval-only", action="store_true", help="measure only the evaluation cost")
-    p.add_argument("--json", default="output/benchmark.json")
+    p.add_argument("--train-step", action="store_true",
+                   help="measure training iterations (malloc and loader settings) instead")
+    p.add_argument("--json", help="default: output/benchmark.json, "
+                                  "output/benchmark_train.json with --train-step")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--malloc", choices=("default", "kept"), help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.eval_only and args.skip_eval:
         p.error("--eval-only and --skip-eval leave nothing to measure")
     if args.worker:
-        print(json.dumps(worker(args)))
+        print(json.dumps(train_step_worker(args) if args.model == "train" else worker(args)))
         return 0
+    if args.train_step:
+        return report_train_step(args)
+    args.json = args.json or "output/benchmark.json"
 
     cells = [] if args.eval_only else [int(c) for c in args.cells.split(",")]
     rows = []
@@ -267,6 +349,24 @@ def main(argv=None):
 
     write_json(args.json, report)
     print(f"\nJSON: {args.json}")
+    return 0
+
+
+def report_train_step(args) -> int:
+    from cellseg_d2.utils import write_json
+
+    report = train_step(args)
+    print(f"\n{report['machine']}; device {args.device}; {args.threads} threads; "
+          f"{os.path.basename(args.yolact_config)}; median of {args.repeats} iterations "
+          f"(2 images) after {args.warmup} warm-up\n")
+    print(f"{'malloc':>8} {'workers':>8} {'s/it':>6} {'data s':>7} {'peak RSS MB':>12} "
+          f"{'vs default, 1 worker':>21}")
+    for r in report["train_step"]:
+        print(f"{r['malloc']:>8} {r['workers']:>8} {r['median_s']:>6.2f} "
+              f"{r['median_data_s']:>7.2f} {r['peak_rss_mb']:>12.0f} {r['speedup']:>20.2f}x")
+    path = args.json or "output/benchmark_train.json"
+    write_json(path, report)
+    print(f"\nJSON: {path}")
     return 0
 
 
