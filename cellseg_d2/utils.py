@@ -37,8 +37,11 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 2**3
     cores that cost a third of each step (measured 3.7 s -> 2.45 s per 2-image step). Only
     blocks over ``mmap_threshold`` (32 MB, glibc's ceiling) still come from mmap; the heap
     is trimmed only above ``trim_threshold`` (mallopt takes a C int: 2 GB at most). Returns
-    False where this is not glibc (macOS, musl): nothing to tune there.
+    False where this is not glibc (macOS, musl) or the environment sets
+    CELLSEG_KEEP_FREED_MEMORY=0.
     """
+    if os.environ.get("CELLSEG_KEEP_FREED_MEMORY", "1") == "0":
+        return False
     import ctypes
     import ctypes.util
 

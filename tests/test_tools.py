@@ -163,3 +163,10 @@ def test_benchmark_train_step_reports_every_setting(tmp_path):
     assert {(r["malloc"], r["workers"]) for r in rows} == {
         (m, w) for m in ("default", "kept") for w in (0, 1)}
     assert all(r["median_s"] > r["median_data_s"] >= 0 for r in rows)
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    from cellseg_d2.utils import keep_freed_memory
+
+    monkeypatch.setenv("CELLSEG_KEEP_FREED_MEMORY", "0")
+    assert keep_freed_memory() is False
