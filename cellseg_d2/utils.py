@@ -33,9 +33,10 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 2**3
     """Tell glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
 
     A CPU training step allocates and frees hundreds of MB of activations and mask targets.
-    By default glibc hands most of them back and every step page-faults them in again; on 2
-    cores that cost a third of each step (measured 3.7 s -> 2.45 s per 2-image step). Only
-    blocks over ``mmap_threshold`` (32 MB, glibc's ceiling) still come from mmap; the heap
+    By default glibc can hand them back and page-fault them in again the next step (tested:
+    a free-and-reallocate loop of 160 MB faults 23,200 times by default, 0 times with this).
+    What it saves per step is within this machine's run-to-run spread in short benchmarks
+    (BENCHMARKS.md, training step). Only blocks over ``mmap_threshold`` (32 MB, glibc's ceiling) still come from mmap; the heap
     is trimmed only above ``trim_threshold`` (mallopt takes a C int: 2 GB at most). Returns
     False where this is not glibc (macOS, musl) or the environment sets
     CELLSEG_KEEP_FREED_MEMORY=0.
