@@ -37,9 +37,9 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 2**3
     a free-and-reallocate loop of 160 MB faults 23,200 times by default, 0 times with this).
     What it saves per step is within this machine's run-to-run spread in short benchmarks
     (BENCHMARKS.md, training step). Only blocks over ``mmap_threshold`` (32 MB, glibc's
-    ceiling) still come from mmap; the heap is trimmed only above ``trim_threshold`` (mallopt takes a C int: 2 GB at most). Returns
-    False where this is not glibc (macOS, musl) or the environment sets
-    CELLSEG_KEEP_FREED_MEMORY=0.
+    ceiling) still come from mmap; the heap is trimmed only above ``trim_threshold``
+    (mallopt takes a C int: 2 GB at most). Returns False where this is not glibc (macOS,
+    musl) or the environment sets CELLSEG_KEEP_FREED_MEMORY=0.
     """
     if os.environ.get("CELLSEG_KEEP_FREED_MEMORY", "1") == "0":
         return False
