@@ -30,7 +30,8 @@ def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None)
     except ValueError as e:
         raise SetupError(f"{config_file}: bad config value: {e}") from None
     if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
-        raise SetupError(f"{config_file}: SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', "
+        names = " or ".join(repr(o) for o in OPTIMIZERS)
+        raise SetupError(f"{config_file}: SOLVER.OPTIMIZER must be {names}, "
                          f"got {cfg.SOLVER.OPTIMIZER!r}")
     if weights is not None:
         cfg.MODEL.WEIGHTS = weights
