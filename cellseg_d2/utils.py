@@ -1,4 +1,4 @@
-"""Small helpers shared by tools: atomic file writes."""
+"""Small helpers shared by tools: atomic file writes with the user's permissions."""
 from __future__ import annotations
 
 import contextlib
@@ -7,16 +7,29 @@ import os
 import tempfile
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The permissions open() / mkdir() give a new file / folder under the current umask
+    (mkstemp / mkdtemp use 0600 / 0700 whatever the umask is)."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", **kwargs):
     """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds,
-    so an error never leaves a half-written output."""
+    so an error never leaves a half-written output. The file gets the umask's permissions."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
