@@ -170,3 +170,29 @@ def test_real_sartorius_images_convert_register_and_score_1(tmp_path, monkeypatc
     far = ~cv2.dilate(fg.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool)
     assert np.abs(image[fg] - np.median(image[far])).mean() > \
         2 * np.abs(image[far] - np.median(image[far])).mean()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_image_is_one_error_and_no_json(tiny_synthetic, tmp_path, damage):
+    """A PNG whose header is fine but whose pixel data is cut short (a broken copy) used to
+    convert and then crash training; every image is now decoded in full."""
+    data = _kaggle_copy(tiny_synthetic / "synthetic", tmp_path / "in")
+    victim = sorted((data / "train").iterdir())[2]
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[:len(raw) // 2] if damage == "truncated" else raw[:40] + b"\0" * 400)
+    with pytest.raises(ConversionError, match=f"{victim.name}: not a readable image"):
+        convert_sartorius(str(data), str(tmp_path / "out"), split=(4, 2, 0), progress=False)
+    assert not (tmp_path / "out" / "annotations").exists()
+
+
+def test_excel_csv_with_bom_and_crlf_converts_identically(tiny_synthetic, tmp_path):
+    src = tiny_synthetic / "synthetic"
+    data = _kaggle_copy(src, tmp_path / "in")
+    text = (src / "train.csv").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    (data / "train.csv").write_bytes(b"\xef\xbb\xbf" + text)
+    excel = convert_sartorius(str(data), str(tmp_path / "a"), split=(4, 2, 0), progress=False)
+    plain = convert_sartorius(str(src), str(tmp_path / "b"), split=(4, 2, 0), progress=False)
+    for name in ("train", "val"):
+        assert excel[name]["annotations"] == plain[name]["annotations"]
+        assert [i["kaggle_id"] for i in excel[name]["images"]] == \
+            [i["kaggle_id"] for i in plain[name]["images"]]

@@ -52,12 +52,14 @@ def read_image(path: str, format: str = "BGR") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def image_size(path: str) -> tuple[int, int]:
-    """(height, width) of an image file without decoding all of it where the format allows."""
+def decoded_size(path: str) -> tuple[int, int]:
+    """(height, width) of an image file after decoding all of it, so that a truncated or
+    corrupt file is caught here rather than at training time."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            im.load()
             width, height = im.size
     except FileNotFoundError:
         raise ImageReadError(f"{path}: image file not found") from None

@@ -11,7 +11,7 @@ import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from ..utils import write_json
-from .image_io import ImageReadError, image_size
+from .image_io import ImageReadError, decoded_size
 from .rle import RLEError, rle_decode
 
 # Stable category ids: do not reorder, trained models depend on it.
@@ -36,7 +36,8 @@ def read_train_csv(csv_path: str) -> "OrderedDict[str, dict]":
     if not os.path.isfile(csv_path):
         raise ConversionError(f"{csv_path}: file not found")
     images: "OrderedDict[str, dict]" = OrderedDict()
-    with open(csv_path, newline="") as f:
+    # utf-8-sig: Excel saves a byte-order mark before the header; csv handles CRLF itself.
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -149,7 +150,7 @@ def _largest_remainder(quotas, total, caps=None):
 def image_record(image_id: str, info: dict, image_dir: str, out_dir: str, num: int) -> dict:
     path = os.path.join(image_dir, f"{image_id}.png")
     try:
-        height, width = image_size(path)
+        height, width = decoded_size(path)
     except ImageReadError as e:
         raise ConversionError(f"image id={image_id!r}: {e}") from None
     if (height, width) != (info["height"], info["width"]):
