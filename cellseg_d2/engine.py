@@ -1,14 +1,20 @@
 """Trainer: Detectron2's DefaultTrainer with the cell mapper, a per-class COCO evaluator that
-keeps up to TEST.DETECTIONS_PER_IMAGE (1000) detections per image, and the Kaggle metric."""
+keeps up to TEST.DETECTIONS_PER_IMAGE (1000) detections per image, and the Kaggle metric.
+Runs as N processes on CPUs too (gloo; `tools/train_net.py --num-gpus N`)."""
+import contextlib
+import functools
 import os
+import weakref
+from unittest import mock
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, defaults
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
+from .checkpoint import FittingCheckpointer
 from .config import OPTIMIZERS
 from .data.mapper import CellDatasetMapper
 from .evaluation import CellCOCOEvaluator, KaggleMetricEvaluator
@@ -18,14 +24,34 @@ def build_cell_evaluator(cfg, dataset_name, output_folder):
     # pycocotools' summarize() reports AP at 100 detections; max_dets_per_image switches to
     # COCOevalMaxDets so AP is read at the real cap (cells per image reach ~800).
     return DatasetEvaluators([
-        CellCOCOEvaluator(dataset_name, tasks=("bbox", "segm"), distributed=False,
+        CellCOCOEvaluator(dataset_name, tasks=("bbox", "segm"), distributed=True,
                           output_dir=output_folder,
                           max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE),
         KaggleMetricEvaluator(dataset_name, cfg.TEST.INSTANCE_SCORE_THRESH),
     ])
 
 
+@contextlib.contextmanager
+def cpu_ddp(cfg):
+    """Detectron2's create_ddp_model passes device_ids=[local rank], which DDP refuses for a
+    model on the CPU; there it must be None."""
+    if not cfg.MODEL.DEVICE.startswith("cpu"):
+        yield
+        return
+    ddp = functools.partial(defaults.create_ddp_model, device_ids=None)
+    with mock.patch.object(defaults, "create_ddp_model", ddp):
+        yield
+
+
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        with cpu_ddp(cfg):
+            super().__init__(cfg)
+        # Loads (MODEL.WEIGHTS, --resume) refuse a checkpoint that does not fit; saving is
+        # unchanged (the checkpoint hook keeps the checkpointer it was built with).
+        self.checkpointer = FittingCheckpointer(self._trainer.model, cfg.OUTPUT_DIR,
+                                                fine_tune=True, trainer=weakref.proxy(self))
+
     @classmethod
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=CellDatasetMapper(cfg, True))

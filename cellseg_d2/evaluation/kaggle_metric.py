@@ -7,6 +7,7 @@ with none, FP = predictions with none; the image scores mean_t TP / (TP + FP + F
 is the mean over images. Per class: the same restricted to that class's ground truths and
 predictions, over the images that contain the class.
 """
+import itertools
 from collections import defaultdict
 
 import numpy as np
@@ -14,6 +15,7 @@ import pycocotools.mask as mask_util
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
 
 from ..data.mapper import annotation_rles
 from .box_rle import encode_instance_masks
@@ -88,17 +90,19 @@ def iou_matrix_score(iou: np.ndarray) -> float:
 
 class KaggleMetricEvaluator(DatasetEvaluator):
     """Scores detections above ``score_thresh`` (the competition scores every submitted mask,
-    so low-score detections that AP tolerates count as false positives here)."""
+    so low-score detections that AP tolerates count as false positives here). With several
+    processes each scores its share of the images; the main process averages all of them in
+    image-id order, so N processes give exactly the numbers of one."""
 
-    def __init__(self, dataset_name: str, score_thresh: float = 0.5):
+    def __init__(self, dataset_name: str, score_thresh: float = 0.5, distributed: bool = True):
         self._dataset_name = dataset_name
         self._classes = MetadataCatalog.get(dataset_name).thing_classes
         self._score_thresh = score_thresh
+        self._distributed = distributed
         self._gt = None
 
     def reset(self):
-        self._overall = []
-        self._per_class = defaultdict(list)
+        self._scores = []  # (image_id, score, {class: score})
         if self._gt is None:
             self._gt = {d["image_id"]: d for d in DatasetCatalog.get(self._dataset_name)}
 
@@ -114,15 +118,26 @@ class KaggleMetricEvaluator(DatasetEvaluator):
             masks, keep = remove_overlaps(inst.pred_masks, inst.scores.numpy(), boxes)
             pred_rles = encode_instance_masks(masks, boxes[torch.from_numpy(keep)])
             classes = inst.pred_classes.numpy()[keep]
-            self._overall.append(rle_score(gt_rles, pred_rles))
-            for c in np.unique(gt_classes):
-                self._per_class[int(c)].append(rle_score(
-                    [r for r, g in zip(gt_rles, gt_classes) if g == c],
-                    [r for r, k in zip(pred_rles, classes) if k == c]))
+            per_class = {int(c): rle_score([r for r, g in zip(gt_rles, gt_classes) if g == c],
+                                           [r for r, k in zip(pred_rles, classes) if k == c])
+                         for c in np.unique(gt_classes)}
+            self._scores.append((inp["image_id"], rle_score(gt_rles, pred_rles), per_class))
 
     def evaluate(self):
-        result = {"score": float(np.mean(self._overall)) * 100 if self._overall else float("nan")}
+        scores = self._scores
+        if self._distributed:
+            comm.synchronize()
+            scores = list(itertools.chain(*comm.gather(scores, dst=0)))
+            if not comm.is_main_process():
+                return {}
+        scores.sort(key=lambda t: t[0])
+        overall = [s for _, s, _ in scores]
+        per_class = defaultdict(list)
+        for _, _, by_class in scores:
+            for c, s in by_class.items():
+                per_class[c].append(s)
+        result = {"score": float(np.mean(overall)) * 100 if overall else float("nan")}
         for c, name in enumerate(self._classes):
-            if self._per_class.get(c):
-                result[f"score-{name}"] = float(np.mean(self._per_class[c])) * 100
+            if per_class.get(c):
+                result[f"score-{name}"] = float(np.mean(per_class[c])) * 100
         return {"kaggle": result}
