@@ -12,6 +12,7 @@
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -55,6 +56,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     root = os.path.join(datasets_root(), "synthetic")
     out = args.output
+    if os.path.isdir(out):  # the demo's own folder: replaced whole, never mixed with a new run
+        print(f"=== replacing {out} from an earlier run")
+        shutil.rmtree(out)
 
     print(f"=== [1/5] synthetic data -> {root}")
     generate_dataset(root, images_per_type=args.images_per_type, seed=args.seed)
@@ -75,10 +79,10 @@ def main(argv=None):
     run("[3/5] loss and mAP plots", [os.path.join(TOOLS, "plot_metrics.py"), out])
     run("[4/5] best and worst validation images",
         [os.path.join(TOOLS, "visualize_samples.py"), "--config-file", CONFIG, "--weights", weights,
-         "--dataset", "synthetic_val", "--output", os.path.join(out, "samples")])
+         "--dataset", "synthetic_val", "--output", os.path.join(out, "samples"), "--overwrite"])
     run("[5/5] predict on the validation images",
         [os.path.join(TOOLS, "predict.py"), "--config-file", CONFIG, "--weights", weights,
-         "--input", val_list, "--output", os.path.join(out, "predictions")])
+         "--input", val_list, "--output", os.path.join(out, "predictions"), "--overwrite"])
 
     eval_dir = os.path.join(out, "inference", "synthetic_val")
     print("\n=== outputs")

@@ -4,6 +4,11 @@
 Writes to --output: overlays/<name>.png (Detectron2 Visualizer), labels/<name>.tif (16-bit,
 0 = background, 1..N cells, non-overlapping), coco_results.json (+ images.json), submission.csv
 (Kaggle format), cells.csv (one row per cell) and counts.csv (cells per class, confluence).
+Inputs sharing a stem (x.png, x.tif) get distinct names (x_png, x_tif). An unreadable image is
+skipped with a warning and listed in skipped.csv. An output folder holding an earlier run is
+refused unless --overwrite, which replaces it as a whole.
+
+Exit status: 0 every image done; 1 error, nothing written; 3 some images skipped.
 
     tools/predict.py --config-file configs/synthetic_R18_cpu.yaml --weights model_final.pth \
         --input 'images/*.png' --output predictions/
@@ -12,11 +17,16 @@ import argparse
 import sys
 
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultPredictor
 
 import cellseg_d2  # noqa: F401
-from cellseg_d2.data.image_io import ImageReadError, read_image
-from cellseg_d2.predict import InputError, list_images, predict_files
+from cellseg_d2.data.image_io import read_image
+from cellseg_d2.predict import (
+    InputError,
+    build_predictor,
+    check_output_dir,
+    list_images,
+    predict_files,
+)
 from cellseg_d2.setup_cfg import SetupError, check_weights, load_cfg
 
 
@@ -26,6 +36,8 @@ def main(argv=None):
     p.add_argument("--weights", help="checkpoint (.pth); default: MODEL.WEIGHTS of the config")
     p.add_argument("--input", required=True, help="image file, folder, glob pattern or .txt list")
     p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output folder that holds an earlier run")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--score-thresh", type=float,
                    help="score above which a detection is a cell (default TEST.INSTANCE_SCORE_THRESH)")
@@ -37,18 +49,23 @@ def main(argv=None):
             cfg.TEST.INSTANCE_SCORE_THRESH = args.score_thresh
         check_weights(cfg.MODEL.WEIGHTS)
         files = list_images(args.input)
-        predictor = DefaultPredictor(cfg)
+        check_output_dir(args.output, args.overwrite)
+        predictor = build_predictor(cfg)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0]
         metadata = MetadataCatalog.get(name)
-        counts = predict_files(predictor, files, lambda f: read_image(f, cfg.INPUT.FORMAT),
-                               args.output, metadata.thing_classes, metadata,
-                               cfg.TEST.INSTANCE_SCORE_THRESH)
-    except (SetupError, InputError, ImageReadError) as e:
+        counts, skipped = predict_files(predictor, files, lambda f: read_image(f, cfg.INPUT.FORMAT),
+                                        args.output, metadata, cfg.TEST.INSTANCE_SCORE_THRESH,
+                                        overwrite=args.overwrite)
+    except (SetupError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     total = sum(c["cells"] for c in counts)
     print(f"{len(counts)} images, {total} cells -> {args.output}/ (overlays/, labels/, "
           f"coco_results.json, submission.csv, cells.csv, counts.csv)")
+    if skipped:
+        print(f"{len(skipped)} of {len(files)} images skipped (listed in {args.output}/skipped.csv): "
+              + ", ".join(s["file"] for s in skipped), file=sys.stderr)
+        return 3
     return 0
 
 

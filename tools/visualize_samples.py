@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Rank a dataset's images by their per-image Kaggle score (detections above
 TEST.INSTANCE_SCORE_THRESH) and save the best and worst as
-side-by-side panels: ground truth | prediction (Detectron2 Visualizer).
+side-by-side panels: ground truth | prediction (Detectron2 Visualizer). An output folder
+holding an earlier run is refused unless --overwrite, which replaces it as a whole.
 
     tools/visualize_samples.py --config-file CFG --weights model_final.pth \
         [--dataset synthetic_val] [--num 2] --output samples/
@@ -14,20 +15,22 @@ import sys
 import cv2
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 import cellseg_d2  # noqa: F401
+from cellseg_d2.checkpoint import FittingCheckpointer
 from cellseg_d2.data.datasets import DatasetMissingError
 from cellseg_d2.data.mapper import CellDatasetMapper, annotation_rles
 from cellseg_d2.evaluation.box_rle import encode_instance_masks
 from cellseg_d2.evaluation.kaggle_metric import remove_overlaps, rle_score
-from cellseg_d2.predict import write_image
+from cellseg_d2.predict import InputError, check_output_dir, staged_dir, write_image
 from cellseg_d2.setup_cfg import SetupError, check_weights, load_cfg
 from cellseg_d2.utils import atomic_open
+
+OUTPUTS = ("best_*.png", "worst_*.png", "scores.csv")
 
 
 def panel(record, instances, metadata, score):
@@ -52,20 +55,23 @@ def main(argv=None):
     p.add_argument("--dataset", help="registered dataset (default: first of DATASETS.TEST)")
     p.add_argument("--num", type=int, default=2, help="how many best and worst images")
     p.add_argument("--output", required=True)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output folder that holds an earlier run")
     p.add_argument("--device")
     p.add_argument("opts", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     try:
         cfg = load_cfg(args.config_file, args.opts, args.weights, args.device)
         check_weights(cfg.MODEL.WEIGHTS)
+        check_output_dir(args.output, args.overwrite, OUTPUTS)
         name = args.dataset or cfg.DATASETS.TEST[0]
         records = DatasetCatalog.get(name)
-    except (SetupError, DatasetMissingError, KeyError) as e:
+        model = build_model(cfg).eval()
+        FittingCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    except (SetupError, DatasetMissingError, KeyError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     metadata = MetadataCatalog.get(name)
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     mapper = CellDatasetMapper(cfg, is_train=False)
     scored = []
     with torch.no_grad():
@@ -78,20 +84,20 @@ def main(argv=None):
             pred = encode_instance_masks(masks, inst.pred_boxes.tensor[torch.from_numpy(keep)])
             scored.append((rle_score(gt, pred), record, inst))
     scored.sort(key=lambda t: -t[0])
-    os.makedirs(args.output, exist_ok=True)
     k = min(args.num, len(scored))
     picks = [("best", i + 1, scored[i]) for i in range(k)]
     picks += [("worst", i + 1, scored[-1 - i]) for i in range(k)]
-    for kind, rank, (score, record, inst) in picks:
-        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
-        write_image(os.path.join(args.output, f"{kind}_{rank}_{stem}.png"),
-                    panel(record, inst, metadata, score))
-    with atomic_open(os.path.join(args.output, "scores.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "kaggle_score", "gt_cells", "pred_cells"])
-        for score, record, inst in scored:
-            writer.writerow([os.path.basename(record["file_name"]), f"{score:.4f}",
-                             len(record["annotations"]), len(inst)])
+    with staged_dir(args.output) as stage:
+        for kind, rank, (score, record, inst) in picks:
+            stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
+            write_image(os.path.join(stage, f"{kind}_{rank}_{stem}.png"),
+                        panel(record, inst, metadata, score))
+        with atomic_open(os.path.join(stage, "scores.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "kaggle_score", "gt_cells", "pred_cells"])
+            for score, record, inst in scored:
+                writer.writerow([os.path.basename(record["file_name"]), f"{score:.4f}",
+                                 len(record["annotations"]), len(inst)])
     print(f"wrote {2 * k} panels and scores.csv to {args.output}/ "
           f"(best {scored[0][0]:.3f}, worst {scored[-1][0]:.3f})")
     return 0
