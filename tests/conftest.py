@@ -1,9 +1,16 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "synthetic_R18_cpu.yaml")
+# CPU-test scale: 160 px inputs, 64-channel FPN and prototypes.
+TINY = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224", "INPUT.MIN_SIZE_TEST",
+        "160", "INPUT.MAX_SIZE_TEST", "224", "MODEL.FPN.OUT_CHANNELS", "64",
+        "MODEL.YOLACT.PROTONET_CHANNELS", "64", "DATALOADER.NUM_WORKERS", "0"]
 SHARED_DATA = Path(os.environ.get("CELLSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -25,3 +32,26 @@ def tiny_synthetic(tmp_path_factory):
     generate_dataset(str(out), images_per_type=2, height=160, width=224, seed=1, progress=False)
     convert_sartorius(str(out), str(out), split=(4, 2, 0), progress=False)
     return root
+
+
+def tool(name, *args, env_root=None, check=True, umask=None):
+    """Run tools/<name> as a user would; ``umask`` sets the child's umask."""
+    env = dict(os.environ)
+    if env_root:
+        env["CELLSEG_DATASETS"] = str(env_root)
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=REPO,
+                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_synthetic, tmp_path_factory):
+    """A 12-iteration YOLACT trained on tiny_synthetic (a real train + evaluation)."""
+    out = tmp_path_factory.mktemp("run")
+    tool("train_net.py", "--config-file", CONFIG, *TINY, "SOLVER.MAX_ITER", 12,
+         "SOLVER.WARMUP_ITERS", 4, "SOLVER.STEPS", "(10,)", "SOLVER.CHECKPOINT_PERIOD", 12,
+         "TEST.EVAL_PERIOD", 12, "OUTPUT_DIR", out, env_root=tiny_synthetic)
+    return out

@@ -10,33 +10,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from .conftest import REPO
-
-CONFIG = str(REPO / "configs" / "synthetic_R18_cpu.yaml")
-TINY = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224", "INPUT.MIN_SIZE_TEST",
-        "160", "INPUT.MAX_SIZE_TEST", "224", "MODEL.FPN.OUT_CHANNELS", "64",
-        "MODEL.YOLACT.PROTONET_CHANNELS", "64", "DATALOADER.NUM_WORKERS", "0"]
-
-
-def tool(name, *args, env_root=None, check=True):
-    env = dict(os.environ)
-    if env_root:
-        env["CELLSEG_DATASETS"] = str(env_root)
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=REPO)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_synthetic, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    tool("train_net.py", "--config-file", CONFIG, *TINY, "SOLVER.MAX_ITER", 12,
-         "SOLVER.WARMUP_ITERS", 4, "SOLVER.STEPS", "(10,)", "SOLVER.CHECKPOINT_PERIOD", 12,
-         "TEST.EVAL_PERIOD", 12, "OUTPUT_DIR", out, env_root=tiny_synthetic)
-    return out
-
+from .conftest import CONFIG, REPO, TINY, tool
 
 def test_train_and_evaluate_writes_metrics_and_tables(trained):
     rows = [json.loads(line) for line in open(trained / "metrics.json")]
@@ -170,3 +144,16 @@ def test_keep_freed_memory_can_be_turned_off(monkeypatch):
 
     monkeypatch.setenv("CELLSEG_KEEP_FREED_MEMORY", "0")
     assert keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_demo_completes_whatever_the_seed(tmp_path, seed):
+    """The README's main command end to end at a tiny scale: a 2-iteration model finds few or
+    no cells, which every step (evaluation, samples, predict) must take in its stride."""
+    out = tmp_path / "demo"
+    proc = tool("demo.py", "--images-per-type", 1, "--iters", 2, "--seed", seed,
+                "--output", out, env_root=tmp_path / "data")
+    assert "per-class mask AP (%)" in proc.stdout
+    counts = list(csv.DictReader(open(out / "predictions" / "counts.csv")))
+    assert len(counts) == len(list((out / "predictions" / "labels").iterdir())) >= 1
+    assert len(list((out / "samples").glob("*.png"))) >= 2
