@@ -32,7 +32,7 @@ def fit_problems(model_keys, incompatible, fine_tune: bool = False) -> list:
     loaded = set(model_keys) - missing - set(wrong_shape)
     if not loaded:
         return ["no tensor of it matches the model (a checkpoint of another architecture?)"]
-    full = any(not k.startswith(TRUNK) for k in loaded | unexpected)
+    full = any(not k.startswith(TRUNK) for k in loaded)
     if fine_tune and not full:  # backbone-only: the trunk must load whole, the rest starts fresh
         missing = {k for k in missing if k.startswith(TRUNK)}
         unexpected = set()

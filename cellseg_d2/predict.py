@@ -234,8 +234,9 @@ def predict_files(predictor, files, read_image, output_dir, metadata, score_thre
             row["confluence"] = round(float(covered), 4)
             counts.append(row)
         if not images:
-            raise InputError(f"none of the {len(files)} input image(s) could be read; "
-                             f"nothing written to {output_dir}")
+            raise InputError(skipped[0]["reason"] if len(files) == 1 else
+                             f"none of the {len(files)} input images could be read; nothing "
+                             f"written to {output_dir}")
         write_json(os.path.join(stage, "coco_results.json"), results)
         write_json(os.path.join(stage, "images.json"), images)
         write_csv(os.path.join(stage, "submission.csv"), submission, ["id", "predicted"])

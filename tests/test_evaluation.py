@@ -158,3 +158,32 @@ def test_box_rle_equals_pycocotools():
     for m, r in zip(masks, rles):
         ref = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
         assert r["counts"] == ref["counts"].decode() and r["size"] == [h, w]
+
+
+def test_no_detections_at_all_score_zero_not_nan(tiny_synthetic, tmp_path, monkeypatch):
+    """pycocotools cannot score an empty results list and Detectron2 then reports NaN; with
+    cells in the ground truth and nothing detected AP is 0 (NaN only where a class or size
+    range has no cells), and the per-class table is still written."""
+    monkeypatch.setenv("CELLSEG_DATASETS", str(tiny_synthetic))
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import Boxes, Instances
+
+    from cellseg_d2.evaluation import CellCOCOEvaluator
+
+    records = DatasetCatalog.get("synthetic_val")
+    evaluator = CellCOCOEvaluator("synthetic_val", tasks=("segm",), distributed=False,
+                                  output_dir=str(tmp_path), max_dets_per_image=1000)
+    evaluator.reset()
+    for r in records:
+        empty = Instances((r["height"], r["width"]), pred_boxes=Boxes(torch.zeros((0, 4))),
+                          scores=torch.zeros(0), pred_classes=torch.zeros(0, dtype=torch.long),
+                          pred_masks=torch.zeros((0, r["height"], r["width"]), dtype=torch.bool))
+        evaluator.process([{"image_id": r["image_id"]}], [{"instances": empty}])
+    segm = evaluator.evaluate()["segm"]
+    present = {a["category_id"] for r in records for a in r["annotations"]}
+    assert segm["AP"] == 0.0 and segm["AP50"] == 0.0
+    table = json.loads((tmp_path / "per_class_segm.json").read_text())
+    for k, name in enumerate(("shsy5y", "astro", "cort")):
+        assert (table[name]["AP"] == 0.0) if k in present else np.isnan(table[name]["AP"])
+        assert segm[f"AP-{name}"] == table[name]["AP"] or k not in present
+    assert np.isnan(segm["APl"])  # no cell of 96x96 px or more in these images

@@ -12,6 +12,7 @@ import pytest
 
 from .conftest import CONFIG, REPO, TINY, tool
 
+
 def test_train_and_evaluate_writes_metrics_and_tables(trained):
     rows = [json.loads(line) for line in open(trained / "metrics.json")]
     assert any("total_loss" in r for r in rows)

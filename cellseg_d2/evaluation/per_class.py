@@ -91,12 +91,37 @@ class CellCOCOEvaluator(COCOEvaluator):
             if len(prediction) > 1:
                 self._predictions.append(prediction)
 
+    def _no_detection_precision(self) -> np.ndarray:
+        """COCOeval's precision array when the model detects nothing at all: 0 where ground
+        truth exists (class, area range), -1 (no value) elsewhere. Detectron2 reports NaN then,
+        and pycocotools cannot score an empty results list."""
+        cat_ids = sorted(self._coco_api.getCatIds())
+        ranges = [(0, 1e10), (0, 32 ** 2), (32 ** 2, 96 ** 2), (96 ** 2, 1e10)]  # COCOeval's
+        precision = -np.ones((10, 101, len(cat_ids), len(ranges), 1))
+        for a in self._coco_api.dataset["annotations"]:
+            if a.get("iscrowd", 0):
+                continue
+            k = cat_ids.index(a["category_id"])
+            for r, (lo, hi) in enumerate(ranges):
+                if lo <= a["area"] <= hi:
+                    precision[:, :, k, r, :] = 0
+        return precision
+
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
-        results = super()._derive_coco_results(coco_eval, iou_type, class_names)
-        if coco_eval is None or class_names is None:
+        if coco_eval is None:
+            precision, iou_thrs = self._no_detection_precision(), np.linspace(0.5, 0.95, 10)
+            self._logger.warning(f"No {iou_type} detections: AP is 0 where there are cells")
+            any_class = precision.max(axis=2, keepdims=True)
+            results = per_class_metrics(any_class, iou_thrs, ["all"])["all"]
+        else:
+            results = super()._derive_coco_results(coco_eval, iou_type, class_names)
+        if class_names is None:
             return results
-        table = per_class_metrics(coco_eval.eval["precision"], coco_eval.params.iouThrs,
-                                  class_names)
+        if coco_eval is None:
+            table = per_class_metrics(precision, iou_thrs, class_names)
+        else:
+            table = per_class_metrics(coco_eval.eval["precision"], coco_eval.params.iouThrs,
+                                      class_names)
         self._logger.info(format_per_class(table, iou_type))
         if self._output_dir:
             save_per_class(table, self._output_dir, iou_type)
