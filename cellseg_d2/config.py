@@ -54,6 +54,7 @@ def add_yolact_config(cfg):
     cfg.MODEL.MASK_ON = True
     cfg.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
     cfg.INPUT.VERTICAL_FLIP = True
+    cfg.INPUT.TRANSPOSE = False  # random transpose: with both flips, all 8 orientations
     cfg.TEST.DETECTIONS_PER_IMAGE = 1000
     # Score above which a detection counts as a cell in label images, counts, the Kaggle
     # submission and the Kaggle metric (COCO AP uses every detection).

@@ -3,6 +3,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import cellseg_d2  # noqa: F401
@@ -90,3 +91,32 @@ def test_overfit_subset_takes_four_images_per_class(tiny_synthetic, monkeypatch)
     majority = [max(set(c := [a["category_id"] for a in r["annotations"]]), key=c.count)
                 for r in chosen]
     assert sorted(majority) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_crop_and_transpose_move_masks_with_the_image(seed):
+    """The mapper's stack fast paths (flip, transpose, crop) equal transforming each mask as the
+    image is transformed."""
+    import detectron2.data.transforms as T
+
+    from cellseg_d2.config import add_yolact_config
+    from cellseg_d2.data.mapper import build_augmentations, transform_masks
+
+    cfg = get_cfg()
+    add_yolact_config(cfg)
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (60,), 200
+    cfg.INPUT.TRANSPOSE = True
+    cfg.INPUT.CROP.ENABLED, cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = True, "absolute", [40, 50]
+    rng = np.random.default_rng(seed)
+    label = np.zeros((60, 90), np.uint8)
+    for i in range(1, 9):
+        y, x = rng.integers(0, 55), rng.integers(0, 85)
+        label[y:y + rng.integers(2, 9), x:x + rng.integers(2, 12)] = i
+    masks = np.stack([label == i for i in range(1, 9)]).astype(np.uint8)
+    np.random.seed(seed)
+    aug = T.AugInput(np.repeat(label[:, :, None], 3, axis=2))
+    transforms = T.AugmentationList(build_augmentations(cfg, True))(aug)
+    out = transform_masks(masks, transforms)
+    assert out.shape[1:] == aug.image.shape[:2] == (40, 50)
+    for i in range(8):
+        np.testing.assert_array_equal(out[i].numpy(), aug.image[:, :, 0] == i + 1)

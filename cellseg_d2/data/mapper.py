@@ -1,5 +1,5 @@
 """Dataset mapper: reads 8/16-bit microscopy images, keeps bitmask annotations, and applies
-resize + flips (cells have no preferred orientation, so vertical flips are on by default).
+resize + flips, transposes (cells have no preferred orientation) and random crops.
 
 Cell images carry hundreds of masks, so masks are decoded and transformed as one stack
 (Detectron2's per-annotation path decodes, resizes and flips each mask separately, ~4 ms a mask).
@@ -18,10 +18,44 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from .image_io import read_image
 
 
+class TransposeTransform(T.Transform):
+    """Swap rows and columns. With horizontal and vertical flips it gives all 8 orientations
+    (rot90 = transpose + flip)."""
+
+    def apply_image(self, img):
+        return np.ascontiguousarray(np.swapaxes(img, 0, 1))
+
+    def apply_coords(self, coords):
+        return coords[:, ::-1].copy()
+
+    def apply_segmentation(self, segmentation):
+        return self.apply_image(segmentation)
+
+    def inverse(self):
+        return self
+
+
+class RandomTranspose(T.Augmentation):
+    def __init__(self, prob: float = 0.5):
+        super().__init__()
+        self.prob = prob
+
+    def get_transform(self, image):
+        return TransposeTransform() if self._rand_range() < self.prob else T.NoOpTransform()
+
+
 def build_augmentations(cfg, is_train: bool):
+    """Resize (+ horizontal flip), then in training vertical flip, transpose and a random crop
+    of the resized image (INPUT.CROP, at the model's scale: cheaper iterations)."""
     augs = utils.build_augmentation(cfg, is_train)  # ResizeShortestEdge (+ RandomFlip)
-    if is_train and cfg.INPUT.VERTICAL_FLIP:
+    if not is_train:
+        return augs
+    if cfg.INPUT.VERTICAL_FLIP:
         augs.append(T.RandomFlip(horizontal=False, vertical=True))
+    if cfg.INPUT.TRANSPOSE:
+        augs.append(RandomTranspose())
+    if cfg.INPUT.CROP.ENABLED:
+        augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     return augs
 
 
@@ -56,6 +90,10 @@ def transform_masks(masks: np.ndarray, transforms: T.TransformList) -> torch.Ten
             t = t.flip(2)
         elif isinstance(tfm, T.VFlipTransform):
             t = t.flip(1)
+        elif isinstance(tfm, TransposeTransform):
+            t = t.transpose(1, 2)
+        elif isinstance(tfm, T.CropTransform):
+            t = t[:, tfm.y0:tfm.y0 + tfm.h, tfm.x0:tfm.x0 + tfm.w]
         elif isinstance(tfm, T.ResizeTransform):
             if (tfm.new_h, tfm.new_w) != tuple(t.shape[1:]):
                 t = F.interpolate(t[None].float(), size=(tfm.new_h, tfm.new_w),
