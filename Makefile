@@ -1,14 +1,19 @@
 # make setup : create .venv with the pinned stack (tools/setup_env.sh), once
 # make demo  : the main job on the embedded synthetic data (tools/demo.py)
+# make train-real : a real-cell model on the CPU within 60 minutes (tools/train_real.py)
 # make test  : ruff + the test suite
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo train-real test test-all clean
 setup:
 	bash tools/setup_env.sh
 
 demo: setup
 	$(PY) tools/demo.py
+
+# Real cells on the CPU in <= 60 min: DATA=folder in the Kaggle layout (default: ../shared/data/sartorius_recon)
+train-real: setup
+	$(PY) tools/train_real.py $(if $(DATA),--data $(DATA))
 
 test: setup
 	$(PY) -m ruff check .

@@ -55,6 +55,9 @@ def add_yolact_config(cfg):
     cfg.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
     cfg.INPUT.VERTICAL_FLIP = True
     cfg.INPUT.TRANSPOSE = False  # random transpose: with both flips, all 8 orientations
+    # (low, high): in training, scale by a random factor in [low, high] instead of
+    # ResizeShortestEdge (after INPUT.CROP); () keeps MIN_SIZE_TRAIN.
+    cfg.INPUT.TRAIN_SCALE = ()
     cfg.TEST.DETECTIONS_PER_IMAGE = 1000
     # Score above which a detection counts as a cell in label images, counts, the Kaggle
     # submission and the Kaggle metric (COCO AP uses every detection).

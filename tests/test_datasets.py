@@ -3,6 +3,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -104,7 +105,7 @@ def test_crop_and_transpose_move_masks_with_the_image(seed):
 
     cfg = get_cfg()
     add_yolact_config(cfg)
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (60,), 200
+    cfg.INPUT.TRAIN_SCALE = (1.0, 1.0)
     cfg.INPUT.TRANSPOSE = True
     cfg.INPUT.CROP.ENABLED, cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = True, "absolute", [40, 50]
     rng = np.random.default_rng(seed)
@@ -117,6 +118,25 @@ def test_crop_and_transpose_move_masks_with_the_image(seed):
     aug = T.AugInput(np.repeat(label[:, :, None], 3, axis=2))
     transforms = T.AugmentationList(build_augmentations(cfg, True))(aug)
     out = transform_masks(masks, transforms)
-    assert out.shape[1:] == aug.image.shape[:2] == (40, 50)
+    assert out.shape[1:] == aug.image.shape[:2] and sorted(out.shape[1:]) == [40, 50]
     for i in range(8):
         np.testing.assert_array_equal(out[i].numpy(), aug.image[:, :, 0] == i + 1)
+
+
+def test_crop_decodes_only_the_cells_it_meets(tiny_synthetic, monkeypatch):
+    import detectron2.data.transforms as T
+
+    from cellseg_d2.data.mapper import CellDatasetMapper, inside_crop
+
+    monkeypatch.setenv("CELLSEG_DATASETS", str(tiny_synthetic))
+    record = max(DatasetCatalog.get("synthetic_train"), key=lambda r: len(r["annotations"]))
+    anns, hw = record["annotations"], (record["height"], record["width"])
+    for x0, y0 in [(0, 0), (100, 60), (160, 100)]:
+        crop = T.TransformList([T.CropTransform(x0, y0, 64, 60)])
+        every = CellDatasetMapper.instances(anns, crop, record, (60, 64))
+        some = inside_crop(anns, crop.transforms[0])
+        assert len(some) < len(anns)
+        met = CellDatasetMapper.instances(some, crop, record, (60, 64))
+        assert len(every) == len(met) > 0 and hw == (160, 224)
+        assert torch.equal(every.gt_masks.tensor, met.gt_masks.tensor)
+        assert torch.equal(every.gt_classes, met.gt_classes)

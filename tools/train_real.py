@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Train a real-cell model on a CPU within a wall-time budget (`make train-real`).
+
+    tools/train_real.py [--data ../shared/data/sartorius_recon] [--minutes 60]
+                        [--output output/real_cpu] [--arch yolact|maskrcnn]
+
+1. converts --data (the Kaggle layout: train.csv + train/*.png) into OUTPUT/data/real with a
+   seeded split stratified by cell type (--split; by default 26,8,0, which on
+   sartorius_recon is exactly sartorius_recon_{train,val});
+2. generates fresh synthetic images of the three cell types (the project's generator);
+3. measures this machine's seconds per iteration (8 iterations on the real images) and
+   shares the remaining time between
+   pretraining on the synthetic images and fine-tuning on the real training images;
+4. evaluates on the real validation images and prints the per-class table.
+
+OUTPUT holds Detectron2's usual config.yaml, model_final.pth, metrics.json and
+inference/real_val/; pretrain/ holds the synthetic stage. Evaluate the model later with
+CELLSEG_DATASETS=OUTPUT/data tools/train_net.py --config-file OUTPUT/config.yaml --eval-only
+MODEL.WEIGHTS OUTPUT/model_final.pth.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+from cellseg_d2.data.sartorius import ConversionError, convert_sartorius
+from cellseg_d2.data.synthetic import generate_dataset
+from cellseg_d2.utils import write_json
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(TOOLS, "..", "configs")
+ARCHS = {"yolact": "real_R18_cpu.yaml", "maskrcnn": "real_maskrcnn_R18_cpu.yaml"}
+EVAL_RESERVE_S = 180  # final evaluation on ~8 images with up to 1000 detections, and start-up
+CALIBRATION_ITERS = 8
+
+
+def train_net(config, opts, data_root, log_path):
+    """Run tools/train_net.py; its log goes to log_path, errors to the terminal."""
+    env = dict(os.environ, CELLSEG_DATASETS=data_root)
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, os.path.join(TOOLS, "train_net.py"),
+                               "--config-file", config, *map(str, opts)],
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        with open(log_path) as f:
+            tail = f.read().splitlines()[-5:]
+        raise RuntimeError(f"train_net failed (log: {log_path}):\n" + "\n".join(tail))
+
+
+def seconds_per_iteration(metrics_file: str) -> float:
+    with open(metrics_file) as f:
+        times = [json.loads(line).get("time") for line in f]
+    times = [t for t in times if t is not None]
+    return statistics.median(times) if times else float("nan")
+
+
+def schedule(iters: int) -> list:
+    steps = f"({int(iters * 0.8)}, {int(iters * 0.95)})" if iters >= 20 else "()"
+    return ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", steps,
+            "SOLVER.WARMUP_ITERS", min(30, iters // 4)]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", default=os.path.join(TOOLS, "..", "..", "shared", "data",
+                                                  "sartorius_recon"),
+                   help="Kaggle-layout folder (train.csv, train/)")
+    p.add_argument("--output", help="default output/real_cpu (output/real_<arch>_cpu)")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="yolact")
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-time budget, all included")
+    p.add_argument("--split", default="26,8,0", help="train,val,test of --data (see "
+                   "tools/convert_sartorius.py)")
+    p.add_argument("--pretrain-share", type=float, default=0.35,
+                   help="share of the training iterations spent on synthetic images")
+    p.add_argument("--synthetic-per-type", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both stages")
+    args = p.parse_args(argv)
+    start = time.time()
+    out = args.output or ("output/real_cpu" if args.arch == "yolact" else
+                          f"output/real_{args.arch}_cpu")
+    config = os.path.join(CONFIGS, ARCHS[args.arch])
+    data_root = os.path.abspath(os.path.join(out, "data"))
+    if os.path.isdir(out):  # this tool's own folder: replaced whole
+        print(f"replacing {out} from an earlier run")
+        shutil.rmtree(out)
+    os.makedirs(out)
+    try:
+        split = [float(v) for v in args.split.split(",")]
+        convert_sartorius(args.data, os.path.join(data_root, "real"), split=split, seed=args.seed,
+                          progress=False)
+    except (ConversionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    synthetic = os.path.join(data_root, "synthetic")
+    generate_dataset(synthetic, images_per_type=args.synthetic_per_type, seed=1000 + args.seed,
+                     progress=False)
+    convert_sartorius(synthetic, synthetic, split=(3 * args.synthetic_per_type, 0, 0),
+                      progress=False)
+    print(f"[{time.time() - start:5.0f} s] data: {args.data} -> {data_root}/real, "
+          f"{3 * args.synthetic_per_type} synthetic images")
+
+    common = ["SEED", args.seed, *args.opts]
+    no_eval = ["DATASETS.TEST", "()"]  # the stages before the last are not evaluated
+    calib = os.path.join(out, "calibration")
+    train_net(config, ["MODEL.WEIGHTS", "", *schedule(CALIBRATION_ITERS), *no_eval,
+                       "OUTPUT_DIR", calib, *common],
+              data_root, os.path.join(out, "calibration.log"))
+    s_it = seconds_per_iteration(os.path.join(calib, "metrics.json"))
+    for f in os.listdir(calib):  # keep only what it measured
+        if f != "metrics.json":
+            os.remove(os.path.join(calib, f))
+    left = args.minutes * 60 - (time.time() - start) - EVAL_RESERVE_S
+    total = max(2, int(left / (s_it * 1.04)))  # 4%: per-stage start-up
+    pre = max(1, round(total * args.pretrain_share)) if args.pretrain_share > 0 else 0
+    fine = max(1, total - pre)
+    print(f"[{time.time() - start:5.0f} s] {s_it:.2f} s/it on this machine: {pre} iterations on "
+          f"synthetic images, {fine} on the real ones")
+
+    weights = ""
+    if pre:
+        train_net(config, ["DATASETS.TRAIN", "('synthetic_train',)", "MODEL.WEIGHTS", "",
+                           *schedule(pre), *no_eval, "OUTPUT_DIR", os.path.join(out, "pretrain"),
+                           *common],
+                  data_root, os.path.join(out, "pretrain.log"))
+        weights = os.path.join(out, "pretrain", "model_final.pth")
+        print(f"[{time.time() - start:5.0f} s] pretrained -> {weights}")
+    train_net(config, ["MODEL.WEIGHTS", weights, *schedule(fine), "TEST.EVAL_PERIOD", fine,
+                       "OUTPUT_DIR", out, *common], data_root, os.path.join(out, "finetune.log"))
+    wall = time.time() - start
+    report(out, wall, s_it, pre, fine, args)
+    return 0
+
+
+def report(out, wall, s_it, pre, fine, args):
+    with open(os.path.join(out, "inference", "real_val", "per_class_segm.json")) as f:
+        table = json.load(f)
+    with open(os.path.join(out, "metrics.json")) as f:
+        final = [json.loads(line) for line in f if "segm/AP" in line][-1]
+    print(f"\nreal_val (mask AP at up to 1000 detections, %): segm AP {final['segm/AP']:.1f}, "
+          f"bbox AP {final['bbox/AP']:.1f}, Kaggle {final['kaggle/score']:.1f}")
+    print(f"{'class':8s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s} {'Kaggle':>7s}")
+    for name, v in table.items():
+        kaggle = final.get(f"kaggle/score-{name}", float("nan"))
+        print(f"{name:8s} {v['AP']:6.1f} {v['AP50']:6.1f} {v['AP75']:6.1f} {kaggle:7.1f}")
+    print(f"wall time {wall / 60:.1f} min ({s_it:.2f} s/it; {pre} + {fine} iterations); "
+          f"model: {out}/model_final.pth, config: {out}/config.yaml")
+    write_json(os.path.join(out, "train_real.json"), {
+        "data": os.path.abspath(args.data), "arch": args.arch, "minutes_budget": args.minutes,
+        "wall_s": round(wall, 1), "s_per_it": round(s_it, 3), "pretrain_iters": pre,
+        "finetune_iters": fine, "seed": args.seed, "segm_per_class": table,
+        "metrics": {k: v for k, v in final.items() if "/" in k}})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
