@@ -140,3 +140,17 @@ def test_crop_decodes_only_the_cells_it_meets(tiny_synthetic, monkeypatch):
         assert len(every) == len(met) > 0 and hw == (160, 224)
         assert torch.equal(every.gt_masks.tensor, met.gt_masks.tensor)
         assert torch.equal(every.gt_classes, met.gt_classes)
+
+
+def test_crop_without_cells_gives_empty_instances(tiny_synthetic, monkeypatch):
+    import detectron2.data.transforms as T
+
+    from cellseg_d2.data.mapper import CellDatasetMapper, transform_masks
+
+    resize = T.TransformList([T.CropTransform(0, 0, 10, 10), T.ResizeTransform(10, 10, 15, 15),
+                              T.VFlipTransform(15)])
+    assert transform_masks(np.zeros((0, 40, 50), np.uint8), resize).shape == (0, 15, 15)
+    monkeypatch.setenv("CELLSEG_DATASETS", str(tiny_synthetic))
+    record = DatasetCatalog.get("synthetic_train")[0]
+    inst = CellDatasetMapper.instances([], resize, record, (15, 15))
+    assert len(inst) == 0 and inst.gt_masks.tensor.shape == (0, 15, 15)

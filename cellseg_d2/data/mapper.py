@@ -117,7 +117,9 @@ def transform_masks(masks: np.ndarray, transforms: T.TransformList) -> torch.Ten
         elif isinstance(tfm, T.CropTransform):
             t = t[:, tfm.y0:tfm.y0 + tfm.h, tfm.x0:tfm.x0 + tfm.w]
         elif isinstance(tfm, T.ResizeTransform):
-            if (tfm.new_h, tfm.new_w) != tuple(t.shape[1:]):
+            if not len(t):  # no cell here (e.g. a crop of background)
+                t = t.new_zeros((0, tfm.new_h, tfm.new_w))
+            elif (tfm.new_h, tfm.new_w) != tuple(t.shape[1:]):
                 t = F.interpolate(t[None].float(), size=(tfm.new_h, tfm.new_w),
                                   mode="nearest")[0].to(torch.uint8)
         elif not isinstance(tfm, T.NoOpTransform):
