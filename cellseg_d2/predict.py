@@ -196,7 +196,7 @@ def predict_files(predictor, files, read_image, output_dir, metadata, score_thre
 
     An unreadable image is reported with one warning line and skipped (listed in skipped.csv);
     every other image gets all its outputs, and the tables list exactly those images.
-    Returns (counts rows, [(file, reason)] skipped)."""
+    Returns (counts rows, skipped: [{"file", "reason"}])."""
     check_output_dir(output_dir, overwrite)
     class_names = list(metadata.thing_classes)
     to_dataset_id = {v: k for k, v in getattr(metadata, "thing_dataset_id_to_contiguous_id",

@@ -158,3 +158,20 @@ def test_demo_completes_whatever_the_seed(tmp_path, seed):
     counts = list(csv.DictReader(open(out / "predictions" / "counts.csv")))
     assert len(counts) == len(list((out / "predictions" / "labels").iterdir())) >= 1
     assert len(list((out / "samples").glob("*.png"))) >= 2
+
+
+def test_train_real_within_budget(tiny_synthetic, tmp_path):
+    """make train-real's tool end to end at a tiny scale: a Kaggle-layout folder in, Detectron2's
+    usual output folder and the per-class table out, every stage sized by the time budget."""
+    out = tmp_path / "real"
+    proc = tool("train_real.py", "--data", tiny_synthetic / "synthetic", "--output", out,
+                "--minutes", 1, "--synthetic-per-type", 1, "--split", "4,2,0", *TINY)
+    for name in ("config.yaml", "model_final.pth", "metrics.json", "train_real.json",
+                 "pretrain/model_final.pth", "inference/real_val/per_class_segm.csv"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "train_real.json").read_text())
+    assert summary["pretrain_iters"] >= 1 and summary["finetune_iters"] >= 1
+    assert set(summary["segm_per_class"]) == {"shsy5y", "astro", "cort"}
+    assert "cort" in proc.stdout and "s/it" in proc.stdout
+    assert len(json.loads((out / "data" / "real" / "annotations" / "val.json").read_text())
+               ["images"]) == 2

@@ -67,7 +67,8 @@ class _NoNonFiniteTraceback(logging.Filter):
 def run(args):
     keep_freed_memory()  # before the first large allocation
     if args.num_gpus > 1 and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.num_gpus))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, (cores or 1) // args.num_gpus))
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
