@@ -21,17 +21,23 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_synthetic(tmp_path_factory):
-    """2 small images per cell type in the Kaggle layout, converted to COCO (train 4 / val 2)."""
+def small_synthetic_root(root: Path, images_per_type: int, seed: int, split) -> Path:
+    """A data root whose synthetic/ holds small (160x224) generated images in the Kaggle layout,
+    converted to COCO with ``split``."""
     from cellseg_d2.data.sartorius import convert_sartorius
     from cellseg_d2.data.synthetic import generate_dataset
 
-    root = tmp_path_factory.mktemp("data")
     out = root / "synthetic"
-    generate_dataset(str(out), images_per_type=2, height=160, width=224, seed=1, progress=False)
-    convert_sartorius(str(out), str(out), split=(4, 2, 0), progress=False)
+    generate_dataset(str(out), images_per_type=images_per_type, height=160, width=224, seed=seed,
+                     progress=False)
+    convert_sartorius(str(out), str(out), split=split, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory):
+    """2 small images per cell type in the Kaggle layout, converted to COCO (train 4 / val 2)."""
+    return small_synthetic_root(tmp_path_factory.mktemp("data"), 2, seed=1, split=(4, 2, 0))
 
 
 def tool(name, *args, env_root=None, check=True, umask=None):

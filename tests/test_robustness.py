@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cellseg_d2.data.sartorius import convert_sartorius
-from cellseg_d2.data.synthetic import generate_dataset
 from cellseg_d2.predict import output_names
 
-from .conftest import CONFIG, REPO, TINY, tool
+from .conftest import CONFIG, REPO, TINY, small_synthetic_root, tool
 
 
 def predict(weights, inputs, out, *extra, check=False, umask=None):
@@ -211,11 +209,7 @@ def test_diverging_run_is_one_line(tiny_synthetic, tmp_path):
 @pytest.fixture(scope="module")
 def odd_synthetic(tmp_path_factory):
     """9 images; the 5 of synthetic_val do not split evenly over 2 processes."""
-    root = tmp_path_factory.mktemp("odd")
-    out = root / "synthetic"
-    generate_dataset(str(out), images_per_type=3, height=160, width=224, seed=7, progress=False)
-    convert_sartorius(str(out), str(out), split=(4, 5, 0), progress=False)
-    return root
+    return small_synthetic_root(tmp_path_factory.mktemp("odd"), 3, seed=7, split=(4, 5, 0))
 
 
 def test_two_processes_evaluate_exactly_like_one(trained, odd_synthetic, tmp_path):

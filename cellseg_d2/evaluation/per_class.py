@@ -10,6 +10,7 @@ import numpy as np
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils.logger import create_small_table
+from pycocotools.cocoeval import Params
 from tabulate import tabulate
 
 from ..utils import atomic_open, write_json
@@ -91,25 +92,26 @@ class CellCOCOEvaluator(COCOEvaluator):
             if len(prediction) > 1:
                 self._predictions.append(prediction)
 
-    def _no_detection_precision(self) -> np.ndarray:
-        """COCOeval's precision array when the model detects nothing at all: 0 where ground
-        truth exists (class, area range), -1 (no value) elsewhere. Detectron2 reports NaN then,
-        and pycocotools cannot score an empty results list."""
+    def _no_detection_precision(self):
+        """COCOeval's precision array (and IoU thresholds) when the model detects nothing at
+        all: 0 where ground truth exists (class, area range), -1 (no value) elsewhere.
+        Detectron2 reports NaN then, and pycocotools cannot score an empty results list."""
+        params = Params(iouType="segm")  # the thresholds and area ranges COCOeval would use
         cat_ids = sorted(self._coco_api.getCatIds())
-        ranges = [(0, 1e10), (0, 32 ** 2), (32 ** 2, 96 ** 2), (96 ** 2, 1e10)]  # COCOeval's
-        precision = -np.ones((10, 101, len(cat_ids), len(ranges), 1))
+        precision = -np.ones((len(params.iouThrs), len(params.recThrs), len(cat_ids),
+                              len(params.areaRng), 1))
         for a in self._coco_api.dataset["annotations"]:
             if a.get("iscrowd", 0):
                 continue
             k = cat_ids.index(a["category_id"])
-            for r, (lo, hi) in enumerate(ranges):
+            for r, (lo, hi) in enumerate(params.areaRng):
                 if lo <= a["area"] <= hi:
                     precision[:, :, k, r, :] = 0
-        return precision
+        return precision, params.iouThrs
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         if coco_eval is None:
-            precision, iou_thrs = self._no_detection_precision(), np.linspace(0.5, 0.95, 10)
+            precision, iou_thrs = self._no_detection_precision()
             self._logger.warning(f"No {iou_type} detections: AP is 0 where there are cells")
             any_class = precision.max(axis=2, keepdims=True)
             results = per_class_metrics(any_class, iou_thrs, ["all"])["all"]
