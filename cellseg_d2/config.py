@@ -62,3 +62,11 @@ def add_yolact_config(cfg):
     # Score above which a detection counts as a cell in label images, counts, the Kaggle
     # submission and the Kaggle metric (COCO AP uses every detection).
     cfg.TEST.INSTANCE_SCORE_THRESH = 0.5
+    # Images larger than the training images are segmented in overlapping tiles at the native
+    # scale, MIN_SIZE_TEST / NATIVE_SHORT_SIDE (the factor a training image gets at test time;
+    # Sartorius and LIVECell images are 704x520). See cellseg_d2/tiling.py.
+    cfg.TEST.TILE = CN()
+    cfg.TEST.TILE.NATIVE_SHORT_SIDE = 520
+    cfg.TEST.TILE.SIZE = 0  # tile side in network pixels; 0: INPUT.MIN_SIZE_TEST
+    # Overlap of neighbouring tiles in network pixels, to exceed the largest cell; -1: SIZE // 4.
+    cfg.TEST.TILE.OVERLAP = -1

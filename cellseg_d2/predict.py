@@ -1,6 +1,5 @@
 """Prediction on image files: overlays, label images, COCO results, Kaggle submission, tables."""
 import contextlib
-import csv
 import fnmatch
 import glob
 import os
@@ -8,20 +7,16 @@ import shutil
 import sys
 import tempfile
 
-import cv2
 import numpy as np
-import torch
 from detectron2.engine import DefaultPredictor
 from detectron2.structures import BoxMode
-from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
+from .cells import cell_row, coco_rle, kaggle_rle, paint_labels
 from .checkpoint import FittingCheckpointer
 from .data.image_io import IMAGE_EXTENSIONS, ImageReadError
-from .data.rle import rle_encode
-from .evaluation.box_rle import encode_instance_masks
-from .evaluation.kaggle_metric import remove_overlaps
-from .utils import atomic_open, default_mode, write_json
+from .outputs import outlines, overlay, write_csv, write_image, write_label_tiff, write_rois
+from .utils import default_mode, write_json
 
 
 class InputError(ValueError):
@@ -66,60 +61,8 @@ def list_images(spec: str) -> list:
     return files
 
 
-def write_image(path: str, image: np.ndarray) -> None:
-    ext = os.path.splitext(path)[1]
-    ok, data = cv2.imencode(ext, image)
-    if not ok:
-        raise OSError(f"{path}: could not encode image")
-    with atomic_open(path, "wb") as f:
-        f.write(data.tobytes())
-
-
-def label_image(masks: np.ndarray, shape: tuple) -> np.ndarray:
-    """(n, H, W) non-overlapping masks -> (H, W) uint16 label image, 0 background, 1..n cells."""
-    label = np.zeros(shape, np.uint16)
-    for i, m in enumerate(masks):
-        label[m] = i + 1
-    return label
-
-
-def cell_rows(image_name, masks, classes, scores, class_names) -> list:
-    rows = []
-    for i, m in enumerate(masks):
-        ys, xs = np.nonzero(m)
-        rows.append({"image": image_name, "cell_id": i + 1, "class": class_names[classes[i]],
-                     "score": round(float(scores[i]), 4), "area_px": int(len(ys)),
-                     "centroid_x": round(float(xs.mean()), 2), "centroid_y": round(float(ys.mean()), 2),
-                     "bbox_x0": int(xs.min()), "bbox_y0": int(ys.min()),
-                     "bbox_x1": int(xs.max()) + 1, "bbox_y1": int(ys.max()) + 1})
-    return rows
-
-
-def overlay(image_bgr, instances, metadata) -> np.ndarray:
-    vis = Visualizer(image_bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
-    return vis.draw_instance_predictions(instances.to("cpu")).get_image()[:, :, ::-1]
-
-
-def coco_results(image_id: int, masks, classes, scores, boxes, category_ids) -> list:
-    out = []
-    rles = encode_instance_masks(masks, boxes)
-    xywh = BoxMode.convert(np.asarray(boxes, np.float64).reshape(-1, 4), BoxMode.XYXY_ABS,
-                           BoxMode.XYWH_ABS)
-    for rle, c, s, b in zip(rles, classes, scores, xywh):
-        out.append({"image_id": image_id, "category_id": category_ids[int(c)], "score": float(s),
-                    "bbox": [float(v) for v in b], "segmentation": rle})
-    return out
-
-
-def write_csv(path: str, rows: list, fields: list) -> None:
-    with atomic_open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 # Everything predict_files writes; --overwrite replaces a folder that holds only these.
-OUTPUTS = ("overlays", "labels", "coco_results.json", "images.json", "submission.csv",
+OUTPUTS = ("overlays", "labels", "rois", "outlines", "coco_results.json", "images.json", "submission.csv",
            "cells.csv", "counts.csv", "skipped.csv")
 
 
@@ -175,36 +118,33 @@ def build_predictor(cfg) -> DefaultPredictor:
     return predictor
 
 
-def predict_image(predictor, image, score_thresh):
-    """Detections above ``score_thresh`` made non-overlapping (higher score wins).
-    Returns (instances kept, their masks as an (n, H, W) bool array)."""
-    inst = predictor(image)["instances"].to("cpu")
-    inst = inst[inst.scores > score_thresh]
-    if not inst.has("pred_masks"):
-        inst.pred_masks = torch.zeros((len(inst), *image.shape[:2]), dtype=torch.bool)
-    masks, keep = remove_overlaps(inst.pred_masks, inst.scores.numpy(), inst.pred_boxes.tensor)
-    inst = inst[torch.from_numpy(keep)]
-    inst.pred_masks = masks  # the overlay shows exactly the cells of the label image
-    return inst, masks.numpy()
+# Per-image files, chosen with predict_files(save=...): name -> (folder, extension).
+SAVE = {"png": ("overlays", "png"), "tif": ("labels", "tif"), "rois": ("rois", "zip"),
+        "outlines": ("outlines", "png")}
+DEFAULT_SAVE = ("png", "tif")
 
 
-def predict_files(predictor, files, read_image, output_dir, metadata, score_thresh: float = 0.5,
+def predict_files(segmenter, files, read_image, output_dir, metadata, save=DEFAULT_SAVE,
                   overwrite: bool = False, progress=True):
-    """Run ``predictor`` (DefaultPredictor) on ``files``; keep detections scoring above
-    ``score_thresh``, made non-overlapping (higher score wins); write per-image overlay / label
-    TIFF and the run's coco_results.json, images.json, submission.csv, cells.csv, counts.csv.
+    """Segment ``files`` with ``segmenter`` (tiling.CellSegmenter: cells above its score
+    threshold); make them non-overlapping (higher score wins) and write, per image, what
+    ``save`` names (see SAVE: overlay PNG, label TIFF, ImageJ ROI zip, outline PNG), and for
+    the run coco_results.json, images.json, submission.csv, cells.csv, counts.csv.
 
     An unreadable image is reported with one warning line and skipped (listed in skipped.csv);
     every other image gets all its outputs, and the tables list exactly those images.
     Returns (counts rows, skipped: [{"file", "reason"}])."""
+    unknown = sorted(set(save) - set(SAVE))
+    if unknown:
+        raise InputError(f"unknown output {unknown[0]!r} (one of {', '.join(SAVE)})")
     check_output_dir(output_dir, overwrite)
     class_names = list(metadata.thing_classes)
     to_dataset_id = {v: k for k, v in getattr(metadata, "thing_dataset_id_to_contiguous_id",
                                               {i + 1: i for i in range(len(class_names))}).items()}
-    results, images, submission, cells, counts, skipped = [], [], [], [], [], []
+    results, images, submission, cells_rows, counts, skipped = [], [], [], [], [], []
     with staged_dir(output_dir) as stage:
-        for sub in ("overlays", "labels"):
-            os.makedirs(os.path.join(stage, sub))
+        for key in save:
+            os.makedirs(os.path.join(stage, SAVE[key][0]))
         bar = tqdm(list(zip(files, output_names(files))), desc="predicting", unit="img",
                    disable=not progress)
         for path, name in bar:
@@ -214,24 +154,39 @@ def predict_files(predictor, files, read_image, output_dir, metadata, score_thre
                 bar.write(f"warning: skipped {e}", file=sys.stderr)
                 skipped.append({"file": path, "reason": str(e)})
                 continue
-            inst, masks = predict_image(predictor, image, score_thresh)
-            classes, scores = inst.pred_classes.numpy(), inst.scores.numpy()
+            height, width = image.shape[:2]
+            label, cells = paint_labels(segmenter(image), (height, width))
+            classes = np.array([c.cls for c in cells], np.int64)
+
+            def out(key, name=name):
+                folder, ext = SAVE[key]
+                return os.path.join(stage, folder, f"{name}.{ext}")
+
+            if "png" in save:
+                write_image(out("png"), overlay(image, cells, metadata)
+                            if segmenter.fits_one_tile(height, width)
+                            else outlines(image, label, classes, metadata))
+            if "outlines" in save:
+                write_image(out("outlines"), outlines(image, label, classes, metadata))
+            if "tif" in save:
+                write_label_tiff(out("tif"), label)
+            if "rois" in save:
+                write_rois(out("rois"), cells)
             image_id = len(images)
-            write_image(os.path.join(stage, "overlays", f"{name}.png"),
-                        overlay(image, inst, metadata))
-            write_image(os.path.join(stage, "labels", f"{name}.tif"),
-                        label_image(masks, image.shape[:2]))
             images.append({"id": image_id, "file_name": os.path.abspath(path), "output_name": name,
-                           "height": image.shape[0], "width": image.shape[1]})
-            results += coco_results(image_id, masks, classes, scores,
-                                    inst.pred_boxes.tensor.numpy(), to_dataset_id)
-            submission += [{"id": name, "predicted": rle_encode(m)} for m in masks] or \
-                [{"id": name, "predicted": ""}]
-            cells += cell_rows(name, masks, classes, scores, class_names)
-            row = {"image": name, "file": path, "cells": len(masks)}
+                           "height": height, "width": width})
+            xywh = BoxMode.convert(np.array([c.box for c in cells]).reshape(-1, 4),
+                                   BoxMode.XYXY_ABS, BoxMode.XYWH_ABS)
+            results += [{"image_id": image_id, "category_id": to_dataset_id[c.cls],
+                         "score": c.score, "bbox": [float(v) for v in b],
+                         "segmentation": coco_rle(c, height, width)} for c, b in zip(cells, xywh)]
+            submission += [{"id": name, "predicted": kaggle_rle(c, height, width)}
+                           for c in cells] or [{"id": name, "predicted": ""}]
+            cells_rows += [{"image": name, "cell_id": i, "class": class_names[c.cls], **cell_row(c)}
+                           for i, c in enumerate(cells, start=1)]
+            row = {"image": name, "file": path, "cells": len(cells)}
             row.update({f"n_{c}": int(np.sum(classes == k)) for k, c in enumerate(class_names)})
-            covered = masks.any(axis=0).mean() if len(masks) else 0.0
-            row["confluence"] = round(float(covered), 4)
+            row["confluence"] = round(float(np.count_nonzero(label)) / label.size, 4)
             counts.append(row)
         if not images:
             raise InputError(skipped[0]["reason"] if len(files) == 1 else
@@ -240,7 +195,7 @@ def predict_files(predictor, files, read_image, output_dir, metadata, score_thre
         write_json(os.path.join(stage, "coco_results.json"), results)
         write_json(os.path.join(stage, "images.json"), images)
         write_csv(os.path.join(stage, "submission.csv"), submission, ["id", "predicted"])
-        write_csv(os.path.join(stage, "cells.csv"), cells,
+        write_csv(os.path.join(stage, "cells.csv"), cells_rows,
                   ["image", "cell_id", "class", "score", "area_px", "centroid_x", "centroid_y",
                    "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"])
         write_csv(os.path.join(stage, "counts.csv"), counts,

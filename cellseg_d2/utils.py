@@ -20,21 +20,29 @@ def default_mode(directory: bool = False) -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w", **kwargs):
-    """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds,
-    so an error never leaves a half-written output. The file gets the umask's permissions."""
+def atomic_path(path: str):
+    """Yield a temporary file name beside ``path`` to write; it is renamed onto ``path`` only if
+    the block succeeds, so an error never leaves a half-written output. The file gets the
+    umask's permissions."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
+        yield tmp
         os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", **kwargs):
+    """open() through atomic_path: the file appears at ``path`` only once fully written."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
 
 
 def write_json(path: str, obj) -> None:

@@ -291,6 +291,13 @@ def main(argv=None):
     p.add_argument("--eval-only", action="store_true", help="measure only the evaluation cost")
     p.add_argument("--train-step", action="store_true",
                    help="measure training iterations (malloc and loader settings) instead")
+    p.add_argument("--whole-well", metavar="SIZES",
+                   help="measure tools/predict.py on square mosaics of these sides (e.g. "
+                        "1024,2048,4096,8192) instead; see tools/benchmark_whole_well.py")
+    p.add_argument("--config", default=os.path.join("output", "demo", "config.yaml"),
+                   help="--whole-well: the model's config (default: make demo's)")
+    p.add_argument("--weights", default=os.path.join("output", "demo", "model_final.pth"),
+                   help="--whole-well: its weights (default: make demo's)")
     p.add_argument("--json", help="default: output/benchmark.json, "
                                   "output/benchmark_train.json with --train-step")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -306,6 +313,8 @@ def main(argv=None):
         return 0
     if args.train_step:
         return report_train_step(args)
+    if args.whole_well:
+        return report_whole_well(args)
     args.json = args.json or "output/benchmark.json"
 
     cells = [] if args.eval_only else [int(c) for c in args.cells.split(",")]
@@ -349,6 +358,22 @@ def main(argv=None):
 
     write_json(args.json, report)
     print(f"\nJSON: {args.json}")
+    return 0
+
+
+def report_whole_well(args) -> int:
+    import benchmark_whole_well
+
+    from cellseg_d2.utils import write_json
+
+    if not os.path.isfile(args.weights):
+        raise SystemExit(f"error: {args.weights}: no such checkpoint (run `make demo` first, or "
+                         f"pass --config and --weights of a trained model)")
+    report = benchmark_whole_well.report(args)
+    report.update({"machine": machine(), "config": args.config, "weights": args.weights})
+    path = args.json or "output/benchmark_whole_well.json"
+    write_json(path, report)
+    print(f"\nJSON: {path}")
     return 0
 
 

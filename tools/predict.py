@@ -1,9 +1,17 @@
 #!/usr/bin/env python
 """Segment cells in PNG/TIF images (8 or 16 bit, any size) with a trained checkpoint.
 
-Writes to --output: overlays/<name>.png (Detectron2 Visualizer), labels/<name>.tif (16-bit,
-0 = background, 1..N cells, non-overlapping), coco_results.json (+ images.json), submission.csv
-(Kaggle format), cells.csv (one row per cell) and counts.csv (cells per class, confluence).
+Images larger than the training images (whole wells, mosaics) are segmented at the model's
+native scale in overlapping tiles (TEST.TILE.*) and stitched: one instance per cell.
+
+Writes to --output, per image (choose with --save-*; default --save-png --save-tif):
+  overlays/<name>.png   Detectron2 Visualizer drawing (outlines for images of several tiles)
+  labels/<name>.tif     label image: 0 background, 1..N cells (non-overlapping), uint16, or
+                        uint32 beyond 65,535 cells (BigTIFF when needed)
+  rois/<name>.zip       ImageJ / Fiji ROI set: one polygon per cell, named by its label id
+  outlines/<name>.png   the image with cell outlines in class colours
+and for the run: coco_results.json (+ images.json), submission.csv (Kaggle format), cells.csv
+(one row per cell, cell_id = label id) and counts.csv (cells per class, confluence).
 Inputs sharing a stem (x.png, x.tif) get distinct names (x_png, x_tif). An unreadable image is
 skipped with a warning and listed in skipped.csv. An output folder holding an earlier run is
 refused unless --overwrite, which replaces it as a whole.
@@ -21,6 +29,8 @@ from detectron2.data import MetadataCatalog
 import cellseg_d2  # noqa: F401
 from cellseg_d2.data.image_io import read_image
 from cellseg_d2.predict import (
+    DEFAULT_SAVE,
+    SAVE,
     InputError,
     build_predictor,
     check_output_dir,
@@ -28,6 +38,7 @@ from cellseg_d2.predict import (
     predict_files,
 )
 from cellseg_d2.setup_cfg import SetupError, check_weights, load_cfg
+from cellseg_d2.tiling import CellSegmenter
 
 
 def main(argv=None):
@@ -41,6 +52,10 @@ def main(argv=None):
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--score-thresh", type=float,
                    help="score above which a detection is a cell (default TEST.INSTANCE_SCORE_THRESH)")
+    for key, what in (("png", "overlay PNGs"), ("tif", "label TIFFs"),
+                      ("rois", "ImageJ ROI zips"), ("outlines", "outline PNGs")):
+        p.add_argument(f"--save-{key}", action="append_const", const=key, dest="save",
+                       help=f"write {what}")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     try:
@@ -53,14 +68,16 @@ def main(argv=None):
         predictor = build_predictor(cfg)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0]
         metadata = MetadataCatalog.get(name)
-        counts, skipped = predict_files(predictor, files, lambda f: read_image(f, cfg.INPUT.FORMAT),
-                                        args.output, metadata, cfg.TEST.INSTANCE_SCORE_THRESH,
-                                        overwrite=args.overwrite)
+        segmenter = CellSegmenter(predictor, cfg, cfg.TEST.INSTANCE_SCORE_THRESH, progress=True)
+        # DefaultPredictor takes BGR and converts to INPUT.FORMAT itself
+        counts, skipped = predict_files(segmenter, files, read_image, args.output, metadata,
+                                        save=args.save or DEFAULT_SAVE, overwrite=args.overwrite)
     except (SetupError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     total = sum(c["cells"] for c in counts)
-    print(f"{len(counts)} images, {total} cells -> {args.output}/ (overlays/, labels/, "
+    folders = "".join(f"{SAVE[k][0]}/, " for k in args.save or DEFAULT_SAVE)
+    print(f"{len(counts)} images, {total} cells -> {args.output}/ ({folders}"
           f"coco_results.json, submission.csv, cells.csv, counts.csv)")
     if skipped:
         print(f"{len(skipped)} of {len(files)} images skipped (listed in {args.output}/skipped.csv): "

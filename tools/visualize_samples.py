@@ -26,7 +26,8 @@ from cellseg_d2.data.datasets import DatasetMissingError
 from cellseg_d2.data.mapper import CellDatasetMapper, annotation_rles
 from cellseg_d2.evaluation.box_rle import encode_instance_masks
 from cellseg_d2.evaluation.kaggle_metric import remove_overlaps, rle_score
-from cellseg_d2.predict import InputError, check_output_dir, staged_dir, write_image
+from cellseg_d2.outputs import write_image
+from cellseg_d2.predict import InputError, check_output_dir, staged_dir
 from cellseg_d2.setup_cfg import SetupError, check_weights, load_cfg
 from cellseg_d2.utils import atomic_open
 

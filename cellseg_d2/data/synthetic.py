@@ -185,3 +185,21 @@ def generate_dataset(out_dir: str, images_per_type: int = 4, cell_types=tuple(ST
         writer.writeheader()
         writer.writerows(rows)
     return ids
+
+
+def synthesize_mosaic(rng, rows: int, cols: int, cell_types=tuple(STYLES), height: int = 520,
+                      width: int = 704):
+    """A whole-well-like mosaic of rows x cols synthetic images (cell types in turn).
+    Returns (uint8 image, int32 label image with ids unique across the mosaic, per-tile list
+    of (x, y, cell type))."""
+    image = np.zeros((rows * height, cols * width), np.uint8)
+    label = np.zeros(image.shape, np.int32)
+    tiles = []
+    for k in range(rows * cols):
+        y, x = (k // cols) * height, (k % cols) * width
+        cell_type = cell_types[k % len(cell_types)]
+        tile, tile_label = synthesize_image(rng, cell_type, height, width)
+        image[y:y + height, x:x + width] = tile
+        label[y:y + height, x:x + width] = np.where(tile_label > 0, tile_label + label.max(), 0)
+        tiles.append((x, y, cell_type))
+    return image, label, tiles

@@ -1,0 +1,174 @@
+"""Predicted cells kept box-local: a cell is its mask cut to its pixels' bounds, placed at
+(x0, y0) in the image. Every output (label image, COCO RLE, Kaggle RLE, tables, polygons) is
+computed from these crops, so nothing is ever n x H x W."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+
+
+@dataclass
+class Cell:
+    x0: int
+    y0: int
+    mask: np.ndarray  # bool, (h, w), nonzero rows and columns at its borders
+    score: float
+    cls: int
+    box: np.ndarray  # the model's box, XYXY in image pixels
+    tile: int = 0
+
+    @property
+    def bounds(self) -> tuple:
+        """(x0, y0, x1, y1) of the mask's pixels, end exclusive."""
+        h, w = self.mask.shape
+        return self.x0, self.y0, self.x0 + w, self.y0 + h
+
+    @property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+
+def tight(mask: np.ndarray, x0: int, y0: int):
+    """Cut ``mask`` to the bounds of its pixels: (mask, x0, y0), or None when empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return (mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1],
+            x0 + int(cols[0]), y0 + int(rows[0]))
+
+
+def cells_from_instances(inst, score_thresh: float, origin=(0, 0), tile: int = 0,
+                         margin: int = 2) -> list:
+    """Detectron2 Instances (pred_masks at the instances' image size) -> Cells scoring above
+    ``score_thresh``, in image coordinates shifted by ``origin`` (x, y). Each mask is read
+    inside its box grown by ``margin`` (all of it where it has pixels outside)."""
+    inst = inst[inst.scores > score_thresh]
+    if len(inst) == 0 or not inst.has("pred_masks"):
+        return []
+    masks = torch.as_tensor(inst.pred_masks).cpu().numpy().astype(bool, copy=False)
+    n, height, width = masks.shape
+    totals = np.count_nonzero(masks.reshape(n, -1), axis=1)
+    boxes = inst.pred_boxes.tensor.cpu().numpy().astype(np.float64)
+    ox, oy = origin
+    cells = []
+    for i in range(n):
+        x0, y0 = (max(int(np.floor(v)) - margin, 0) for v in boxes[i, :2])
+        x1 = min(int(np.ceil(boxes[i, 2])) + margin, width)
+        y1 = min(int(np.ceil(boxes[i, 3])) + margin, height)
+        crop = masks[i, y0:y1, x0:x1]
+        if int(np.count_nonzero(crop)) != totals[i]:
+            crop, x0, y0 = masks[i], 0, 0
+        cut = tight(crop, x0, y0)
+        if cut is None:
+            continue
+        crop, x0, y0 = cut
+        cells.append(Cell(x0 + ox, y0 + oy, crop.copy(), float(inst.scores[i]),
+                          int(inst.pred_classes[i]), boxes[i] + (ox, oy, ox, oy), tile))
+    return cells
+
+
+def paint_labels(cells: list, shape: tuple):
+    """Make cells non-overlapping (each pixel goes to the highest-scored cell covering it; cells
+    left empty are dropped) and paint them into a label image, ids 1..n in score order.
+    uint16 up to 65,535 cells, uint32 beyond. Returns (label image, the kept cells, trimmed)."""
+    order = sorted(range(len(cells)), key=lambda i: -cells[i].score)
+    label = np.zeros(shape, np.uint16 if len(cells) <= np.iinfo(np.uint16).max else np.uint32)
+    kept = []
+    for i in order:
+        c = cells[i]
+        x0, y0, x1, y1 = c.bounds
+        region = label[y0:y1, x0:x1]
+        free = c.mask & (region == 0)
+        cut = tight(free, x0, y0)
+        if cut is None:
+            continue
+        region[free] = len(kept) + 1
+        mask, x0, y0 = cut
+        kept.append(Cell(x0, y0, mask, c.score, c.cls, c.box, c.tile))
+    if label.dtype == np.uint32 and len(kept) <= np.iinfo(np.uint16).max:
+        label = label.astype(np.uint16)
+    return label, kept
+
+
+def _runs(cell: Cell, height: int, width: int, column_major: bool):
+    """(starts, ends) of the cell's foreground runs in the flattened full image, ends exclusive;
+    column-major is COCO's order, row-major Kaggle's."""
+    lines, first_line, first_pos, line_len = (
+        (cell.mask.T, cell.x0, cell.y0, height) if column_major
+        else (cell.mask, cell.y0, cell.x0, width))
+    edges = np.diff(np.pad(lines.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    li, p = np.nonzero(edges == 1)
+    starts = (first_line + li) * line_len + first_pos + p
+    li, p = np.nonzero(edges == -1)
+    ends = (first_line + li) * line_len + first_pos + p
+    joined = starts[1:] == ends[:-1]  # a run that goes on into the next line (full-length lines)
+    if joined.any():
+        starts, ends = starts[np.r_[True, ~joined]], ends[np.r_[~joined, True]]
+    return starts, ends
+
+
+def coco_rle(cell: Cell, height: int, width: int) -> dict:
+    """COCO RLE of the cell in the full image (``counts`` as str), equal to
+    pycocotools.mask.encode of its dense mask."""
+    starts, ends = _runs(cell, height, width, column_major=True)
+    bounds = np.empty(2 * len(starts), np.int64)
+    bounds[0::2], bounds[1::2] = starts, ends
+    counts = np.diff(np.concatenate([[0], bounds, [height * width]])).tolist()
+    if counts and counts[-1] == 0:
+        counts.pop()
+    rle = mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def kaggle_rle(cell: Cell, height: int, width: int) -> str:
+    """The Kaggle submission's RLE of the cell (row-major, 1-indexed start / length pairs)."""
+    starts, ends = _runs(cell, height, width, column_major=False)
+    return " ".join(f"{s + 1} {e - s}" for s, e in zip(starts.tolist(), ends.tolist()))
+
+
+def polygons(cell: Cell) -> list:
+    """The cell's outlines as (k, 2) float arrays of (x, y) in pixel-corner coordinates (pixel
+    (x, y) spans [x, x+1) x [y, y+1)), the largest first. They run halfway between the cell's
+    pixel centres and the background's, so filling a polygon (pixel centres inside) gives the
+    cell's pixels back; holes are further outlines."""
+    from skimage.measure import find_contours
+
+    contours = find_contours(np.pad(cell.mask, 1).astype(np.uint8), 0.5)
+    out = []
+    for c in contours:
+        # padded (row, col) of pixel centres -> corner coordinates: x = col - 1 + x0 + 0.5
+        out.append(np.stack([c[:, 1] + cell.x0 - 0.5, c[:, 0] + cell.y0 - 0.5], axis=1))
+    return sorted(out, key=lambda p: -abs(_area(p)))
+
+
+def _area(poly: np.ndarray) -> float:
+    x, y = poly[:, 0], poly[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+
+def cell_row(cell: Cell) -> dict:
+    ys, xs = np.nonzero(cell.mask)
+    x0, y0, x1, y1 = cell.bounds
+    return {"score": round(cell.score, 4), "area_px": int(len(ys)),
+            "centroid_x": round(float(xs.mean()) + x0, 2),
+            "centroid_y": round(float(ys.mean()) + y0, 2),
+            "bbox_x0": x0, "bbox_y0": y0, "bbox_x1": x1, "bbox_y1": y1}
+
+
+def cells_from_label(label: np.ndarray) -> list:
+    """Cells of a label image (0 background), in id order; score 1, class 0."""
+    from scipy.ndimage import find_objects
+
+    cells = []
+    for k, region in enumerate(find_objects(label), start=1):
+        if region is None:
+            continue
+        ys, xs = region
+        mask = label[region] == k
+        cells.append(Cell(xs.start, ys.start, mask, 1.0, 0,
+                          np.array([xs.start, ys.start, xs.stop, ys.stop], np.float64)))
+    return cells

@@ -1,0 +1,95 @@
+"""Per-image output files from box-local cells: label TIFF, ImageJ ROI zip, overlay and
+outline PNGs. Every file is written to a temporary name and renamed into place."""
+from __future__ import annotations
+
+import csv
+import os
+import zipfile
+
+import cv2
+import numpy as np
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from .cells import polygons
+from .utils import atomic_open, atomic_path
+
+# BGR outline colours by class where the metadata gives none (green, magenta, cyan, ...).
+PALETTE = np.array([(0, 255, 0), (255, 0, 255), (255, 255, 0), (0, 255, 255), (0, 128, 255),
+                    (255, 128, 0), (128, 0, 255), (0, 0, 255)], np.uint8)
+
+
+def write_image(path: str, image: np.ndarray) -> None:
+    ok, data = cv2.imencode(os.path.splitext(path)[1], image)
+    if not ok:
+        raise OSError(f"{path}: could not encode image")
+    with atomic_open(path, "wb") as f:
+        f.write(data.tobytes())
+
+
+def write_label_tiff(path: str, label: np.ndarray) -> None:
+    """Label image as a deflate-compressed TIFF (uint16, or uint32 past 65,535 cells); BigTIFF
+    when the pixels alone approach the 4 GB limit of classic TIFF."""
+    import tifffile
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, label, bigtiff=label.nbytes > 2**32 - 2**28,
+                         compression="zlib", photometric="minisblack")
+
+
+def write_rois(path: str, cells: list) -> None:
+    """ImageJ / Fiji ROI zip: one sub-pixel polygon ROI per cell (its outer outline), named by
+    its id in the label image (1-based, zero-padded so the ROI Manager lists them in order)."""
+    import roifile
+
+    width = len(str(len(cells)))
+    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+        for i, cell in enumerate(cells, start=1):
+            name = str(i).zfill(width)
+            roi = roifile.ImagejRoi.frompoints(polygons(cell)[0], name=name)
+            z.writestr(f"{name}.roi", roi.tobytes())
+
+
+def class_colors(metadata, n: int) -> np.ndarray:
+    colors = getattr(metadata, "thing_colors", None)
+    if colors and len(colors) >= n:
+        return np.asarray(colors, np.uint8)[:, ::-1]  # metadata colours are RGB
+    return PALETTE[np.arange(n) % len(PALETTE)]
+
+
+def outlines(image_bgr: np.ndarray, label: np.ndarray, classes: np.ndarray,
+             metadata) -> np.ndarray:
+    """The image with each cell's one-pixel inner boundary drawn in its class colour.
+    ``classes`` gives the class of label 1, 2, ..."""
+    edge = np.zeros(label.shape, bool)
+    for axis in (0, 1):
+        diff = np.diff(label, axis=axis) != 0
+        lo = [slice(None)] * 2
+        hi = [slice(None)] * 2
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        edge[tuple(lo)] |= diff
+        edge[tuple(hi)] |= diff
+    edge &= label > 0
+    out = image_bgr.copy()
+    lut = np.zeros(len(classes) + 1, np.int64)
+    lut[1:] = classes
+    out[edge] = class_colors(metadata, int(classes.max(initial=0)) + 1)[lut[label[edge]]]
+    return out
+
+
+def overlay(image_bgr: np.ndarray, cells: list, metadata) -> np.ndarray:
+    """Detectron2's Visualizer drawing of the cells (outlines as polygons, class and score)."""
+    vis = Visualizer(image_bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    if cells:
+        names = metadata.get("thing_classes", None)
+        labels = [f"{names[c.cls] if names else c.cls} {c.score * 100:.0f}%" for c in cells]
+        masks = [[p.ravel() for p in polygons(c) if len(p) >= 3] for c in cells]
+        vis.overlay_instances(masks=masks, boxes=np.array([c.box for c in cells]),
+                              labels=labels, alpha=0.5)
+    return vis.output.get_image()[:, :, ::-1]
+
+
+def write_csv(path: str, rows: list, fields: list) -> None:
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)

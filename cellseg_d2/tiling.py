@@ -1,0 +1,127 @@
+"""Segmentation of images of any size at the model's native scale.
+
+An image no larger than the images the model was trained on goes through DefaultPredictor as
+it is (resized to INPUT.MIN_SIZE_TEST). A larger one (a whole well, a stitched mosaic) is cut
+into overlapping tiles, each resized by the factor such an image gets at test time
+(MIN_SIZE_TEST / TEST.TILE.NATIVE_SHORT_SIDE), so cells keep the size the model learnt. A cell
+touching a tile's inner edge is dropped there: the overlap, wider than a cell, holds it whole in
+the neighbouring tile. A cell whole in two tiles is kept once, from the tile where it lies
+farthest from an inner edge. Memory is bounded by one tile's detections plus box-local masks.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import torch
+from detectron2.data.transforms import ResizeShortestEdge, ResizeTransform
+from tqdm import tqdm
+
+from .cells import cells_from_instances
+from .setup_cfg import SetupError
+
+DUPLICATE_IOU = 0.5  # masks from two tiles overlapping more than this are one cell
+EDGE_MARGIN = 2  # px: a cell this close to a tile's inner edge counts as cut by it
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list:
+    """Evenly spread starts of tiles covering [0, length), neighbours overlapping >= overlap."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def tile_geometry(cfg) -> tuple:
+    """(native scale, tile side, overlap), the last two in input pixels."""
+    t = cfg.TEST.TILE
+    scale = cfg.INPUT.MIN_SIZE_TEST / t.NATIVE_SHORT_SIDE
+    size = t.SIZE or cfg.INPUT.MIN_SIZE_TEST
+    overlap = t.OVERLAP if t.OVERLAP >= 0 else size // 4
+    if not 0 <= overlap < size:
+        raise SetupError(f"TEST.TILE.OVERLAP ({overlap}) must be below the tile size ({size})")
+    return scale, max(round(size / scale), 1), round(overlap / scale)
+
+
+def _mask_iou(a, b) -> float:
+    ax0, ay0, ax1, ay1 = a.bounds
+    bx0, by0, bx1, by1 = b.bounds
+    x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    inter = np.count_nonzero(a.mask[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
+                             & b.mask[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0])
+    return inter / (a.area + b.area - inter)
+
+
+def remove_duplicates(cells: list, depth: list, bucket: int = 64) -> list:
+    """Keep one cell of each group found in several tiles (mask IoU > DUPLICATE_IOU): the one
+    deepest inside its tile. Cells of one tile are never compared (the model's NMS ran there)."""
+    grid = defaultdict(list)
+    kept = []
+    for i in sorted(range(len(cells)), key=lambda i: -depth[i]):
+        c = cells[i]
+        x0, y0, x1, y1 = c.bounds
+        keys = [(gx, gy) for gx in range(x0 // bucket, (x1 - 1) // bucket + 1)
+                for gy in range(y0 // bucket, (y1 - 1) // bucket + 1)]
+        near = {j for k in keys for j in grid[k]}
+        if any(kept[j].tile != c.tile and _mask_iou(kept[j], c) > DUPLICATE_IOU for j in near):
+            continue
+        for k in keys:
+            grid[k].append(len(kept))
+        kept.append(c)
+    return kept
+
+
+class CellSegmenter:
+    """``segmenter(image)`` -> Cells (box-local, scoring above ``score_thresh``, may overlap;
+    see cells.paint_labels) for an HxWx3 BGR image of any size."""
+
+    def __init__(self, predictor, cfg, score_thresh: float, progress: bool = False):
+        self.predictor = predictor
+        self.score_thresh = score_thresh
+        self.progress = progress
+        self.scale, self.tile, self.overlap = tile_geometry(cfg)
+        self.resize = ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+
+    def fits_one_tile(self, height: int, width: int) -> bool:
+        """DefaultPredictor would not shrink the image below the native scale."""
+        new_h, _ = self.resize.get_output_shape(height, width, self.resize.short_edge_length[0],
+                                                self.resize.max_size)
+        return new_h / height >= self.scale * (1 - 1e-3)
+
+    def __call__(self, image: np.ndarray) -> list:
+        height, width = image.shape[:2]
+        if self.fits_one_tile(height, width):
+            return cells_from_instances(self.predictor(image)["instances"].to("cpu"),
+                                        self.score_thresh)
+        tiles = [(x, y) for y in tile_starts(height, self.tile, self.overlap)
+                 for x in tile_starts(width, self.tile, self.overlap)]
+        cells, depth = [], []
+        for t, (x, y) in enumerate(tqdm(tiles, desc="tiles", unit="tile", leave=False,
+                                        disable=not self.progress)):
+            tile = image[y:y + self.tile, x:x + self.tile]
+            th, tw = tile.shape[:2]
+            inner = (x > 0, y > 0, x + tw < width, y + th < height)  # left, top, right, bottom
+            for c in cells_from_instances(self.predict_tile(tile), self.score_thresh, (x, y), t):
+                x0, y0, x1, y1 = c.bounds
+                gaps = [g for g, is_inner in zip((x0 - x, y0 - y, x + tw - x1, y + th - y1), inner)
+                        if is_inner]
+                d = min(gaps, default=math.inf)
+                if d >= EDGE_MARGIN:
+                    cells.append(c)
+                    depth.append(d)
+        return remove_duplicates(cells, depth)
+
+    def predict_tile(self, tile: np.ndarray):
+        """DefaultPredictor.__call__ with the native scale instead of ResizeShortestEdge."""
+        p = self.predictor
+        h, w = tile.shape[:2]
+        with torch.no_grad():
+            if p.input_format == "RGB":
+                tile = tile[:, :, ::-1]
+            resized = ResizeTransform(h, w, max(round(h * self.scale), 1),
+                                      max(round(w * self.scale), 1)).apply_image(tile)
+            x = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)).to(p.cfg.MODEL.DEVICE)
+            return p.model([{"image": x, "height": h, "width": w}])[0]["instances"].to("cpu")
