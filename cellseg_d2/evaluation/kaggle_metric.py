@@ -17,8 +17,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..cells import cells_from_instances, coco_rle, paint_labels
 from ..data.mapper import annotation_rles
-from .box_rle import encode_instance_masks
 
 THRESHOLDS = np.arange(0.5, 0.96, 0.05)
 
@@ -112,12 +112,12 @@ class KaggleMetricEvaluator(DatasetEvaluator):
             anns = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
             gt_rles = annotation_rles(anns, record["height"], record["width"])
             gt_classes = np.array([a["category_id"] for a in anns], dtype=np.int64)
-            inst = out["instances"].to("cpu")
-            inst = inst[inst.scores > self._score_thresh]
-            boxes = inst.pred_boxes.tensor
-            masks, keep = remove_overlaps(inst.pred_masks, inst.scores.numpy(), boxes)
-            pred_rles = encode_instance_masks(masks, boxes[torch.from_numpy(keep)])
-            classes = inst.pred_classes.numpy()[keep]
+            height, width = record["height"], record["width"]
+            # box-local: no (n, H, W) copies however many detections there are
+            _, cells = paint_labels(cells_from_instances(out["instances"].to("cpu"),
+                                                         self._score_thresh), (height, width))
+            pred_rles = [coco_rle(c, height, width) for c in cells]
+            classes = np.array([c.cls for c in cells], dtype=np.int64)
             per_class = {int(c): rle_score([r for r, g in zip(gt_rles, gt_classes) if g == c],
                                            [r for r, k in zip(pred_rles, classes) if k == c])
                          for c in np.unique(gt_classes)}
