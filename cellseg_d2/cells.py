@@ -43,30 +43,34 @@ def tight(mask: np.ndarray, x0: int, y0: int):
 def cells_from_instances(inst, score_thresh: float, origin=(0, 0), tile: int = 0,
                          margin: int = 2) -> list:
     """Detectron2 Instances (pred_masks at the instances' image size) -> Cells scoring above
-    ``score_thresh``, in image coordinates shifted by ``origin`` (x, y). Each mask is read
-    inside its box grown by ``margin`` (all of it where it has pixels outside)."""
-    inst = inst[inst.scores > score_thresh]
+    ``score_thresh``, in image coordinates shifted by ``origin`` (x, y).
+
+    Each mask is read inside its box grown by ``margin`` px, where YOLACT's and Detectron2's
+    mask heads put every pixel; a mask reaching the edge of that window is read whole. Nothing
+    is done per pixel of the (n, H, W) stack, so the cost follows the boxes, not n x H x W."""
     if len(inst) == 0 or not inst.has("pred_masks"):
         return []
     masks = torch.as_tensor(inst.pred_masks).cpu().numpy().astype(bool, copy=False)
-    n, height, width = masks.shape
-    totals = np.count_nonzero(masks.reshape(n, -1), axis=1)
+    _, height, width = masks.shape
+    scores = inst.scores.cpu().numpy()
+    classes = inst.pred_classes.cpu().numpy()
     boxes = inst.pred_boxes.tensor.cpu().numpy().astype(np.float64)
     ox, oy = origin
     cells = []
-    for i in range(n):
+    for i in np.flatnonzero(scores > score_thresh).tolist():
         x0, y0 = (max(int(np.floor(v)) - margin, 0) for v in boxes[i, :2])
-        x1 = min(int(np.ceil(boxes[i, 2])) + margin, width)
-        y1 = min(int(np.ceil(boxes[i, 3])) + margin, height)
+        x1 = min(max(int(np.ceil(boxes[i, 2])) + margin, x0 + 1), width)
+        y1 = min(max(int(np.ceil(boxes[i, 3])) + margin, y0 + 1), height)
         crop = masks[i, y0:y1, x0:x1]
-        if int(np.count_nonzero(crop)) != totals[i]:
+        if ((y0 > 0 and crop[0].any()) or (y1 < height and crop[-1].any())
+                or (x0 > 0 and crop[:, 0].any()) or (x1 < width and crop[:, -1].any())):
             crop, x0, y0 = masks[i], 0, 0
         cut = tight(crop, x0, y0)
         if cut is None:
             continue
         crop, x0, y0 = cut
-        cells.append(Cell(x0 + ox, y0 + oy, crop.copy(), float(inst.scores[i]),
-                          int(inst.pred_classes[i]), boxes[i] + (ox, oy, ox, oy), tile))
+        cells.append(Cell(x0 + ox, y0 + oy, crop.copy(), float(scores[i]), int(classes[i]),
+                          boxes[i] + (ox, oy, ox, oy), tile))
     return cells
 
 
@@ -99,7 +103,9 @@ def _runs(cell: Cell, height: int, width: int, column_major: bool):
     lines, first_line, first_pos, line_len = (
         (cell.mask.T, cell.x0, cell.y0, height) if column_major
         else (cell.mask, cell.y0, cell.x0, width))
-    edges = np.diff(np.pad(lines.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    padded = np.zeros((lines.shape[0], lines.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = lines
+    edges = np.diff(padded, axis=1)
     li, p = np.nonzero(edges == 1)
     starts = (first_line + li) * line_len + first_pos + p
     li, p = np.nonzero(edges == -1)

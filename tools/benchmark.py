@@ -18,7 +18,9 @@ glibc's default malloc and with cellseg_d2.utils.keep_freed_memory (what tools/t
 does), each with DATALOADER.NUM_WORKERS 0 and 1.
 """
 import argparse
+import functools
 import json
+import math
 import os
 import platform
 import resource
@@ -135,50 +137,93 @@ def worker(args) -> dict:
 
 
 def eval_cost(args) -> dict:
-    """Time COCOEvaluator + Kaggle metric on synthetic images with 1000 detections each."""
+    """Evaluation time per image at N detections (N in --eval-dets), Detectron2's path
+    (pycocotools: COCOeval_opt at 100, COCOevalMaxDets beyond; Kaggle metric on dense masks)
+    against this project's (faster-coco-eval; box-local Kaggle metric), same outputs, one run;
+    with the largest difference between their numbers."""
     import tempfile
 
     from detectron2.data import DatasetCatalog
 
     import cellseg_d2  # noqa: F401
+    from cellseg_d2.data.mapper import CellDatasetMapper
     from cellseg_d2.data.sartorius import convert_sartorius
     from cellseg_d2.data.synthetic import generate_dataset
     from cellseg_d2.engine import build_cell_evaluator
     from cellseg_d2.setup_cfg import load_cfg
 
     torch.set_num_threads(args.threads)
+    rows = []
     with tempfile.TemporaryDirectory() as root:
         data = os.path.join(root, "synthetic")
         generate_dataset(data, images_per_type=args.eval_images, cell_types=("shsy5y",),
                          seed=1, progress=False)
         convert_sartorius(data, data, split=(0, args.eval_images, 0), progress=False)
         os.environ["CELLSEG_DATASETS"] = root
-        # Every detection counts for the Kaggle metric too (worst case: 1000 overlapping masks).
-        cfg = load_cfg(args.yolact_config, ["MODEL.YOLACT.SCORE_THRESH_TEST", "0.0",
-                                            "TEST.INSTANCE_SCORE_THRESH", "-1.0",
-                                            "MODEL.DEVICE", args.device])
         records = DatasetCatalog.get("synthetic_val")
-        _, model = build("yolact", args.yolact_config, args.yolact_weights, 1000, args.device)
-        from cellseg_d2.data.mapper import CellDatasetMapper
+        for n in [int(v) for v in args.eval_dets.split(",")]:
+            print(f"  evaluation at {n} detections/image ...", file=sys.stderr, flush=True)
+            # Every detection counts for the Kaggle metric too (worst case: n overlapping masks).
+            cfg = load_cfg(args.yolact_config, ["MODEL.YOLACT.SCORE_THRESH_TEST", "0.0",
+                                                "TEST.INSTANCE_SCORE_THRESH", "-1.0",
+                                                "TEST.DETECTIONS_PER_IMAGE", str(n),
+                                                "MODEL.DEVICE", args.device])
+            _, model = build("yolact", args.yolact_config, args.yolact_weights, n, args.device)
+            mapper = CellDatasetMapper(cfg, is_train=False)
+            with torch.no_grad():
+                outputs = [(r, model([mapper(r)])[0]) for r in records]
+            row = {"detections_per_image": int(np.mean([len(o["instances"]) for _, o in outputs])),
+                   "gt_cells_per_image": int(np.mean([len(r["annotations"]) for r in records])),
+                   "images": len(outputs)}
+            found = {}
+            for path in ("detectron2", "cellseg_d2"):
+                coco, kaggle = build_cell_evaluator(
+                    cfg, "synthetic_val", os.path.join(root, f"eval_{n}_{path}"))._evaluators
+                coco._use_faster = path == "cellseg_d2"
+                if path == "detectron2":
+                    kaggle.process = functools.partial(kaggle_dense_process, kaggle)
+                for name, ev in (("coco", coco), ("kaggle", kaggle)):
+                    ev.reset()
+                    t = time.perf_counter()
+                    for r, o in outputs:
+                        ev.process([{"image_id": r["image_id"], "file_name": r["file_name"],
+                                     "height": r["height"], "width": r["width"]}], [o])
+                    found[(path, name)] = ev.evaluate()
+                    row[f"{path}_{name}_s_per_image"] = (time.perf_counter() - t) / len(outputs)
+            row["max_abs_difference"] = max(
+                abs(a - b) for name in ("coco", "kaggle")
+                for a, b in zip(_flat(found[("detectron2", name)]), _flat(found[("cellseg_d2", name)]))
+                if not (math.isnan(a) and math.isnan(b)))
+            rows.append(row)
+    return {"rows": rows}
 
-        mapper = CellDatasetMapper(cfg, is_train=False)
-        with torch.no_grad():
-            outputs = [(r, model([mapper(r)])[0]) for r in records]
-        evaluator = build_cell_evaluator(cfg, "synthetic_val", os.path.join(root, "eval"))
-        coco, kaggle = evaluator._evaluators
-        res = {}
-        for name, ev in (("coco_evaluator", coco), ("kaggle_metric", kaggle)):
-            ev.reset()
-            t = time.perf_counter()
-            for r, o in outputs:
-                ev.process([{"image_id": r["image_id"], "file_name": r["file_name"],
-                             "height": r["height"], "width": r["width"]}], [o])
-            ev.evaluate()
-            res[name + "_s"] = time.perf_counter() - t
-        res["images"] = len(outputs)
-        res["detections_per_image"] = int(np.mean([len(o["instances"]) for _, o in outputs]))
-        res["gt_cells_per_image"] = int(np.mean([len(r["annotations"]) for r in records]))
-    return res
+
+def _flat(results: dict) -> list:
+    return [v for task in sorted(results) for _, v in sorted(results[task].items())]
+
+
+def kaggle_dense_process(self, inputs, outputs):
+    """KaggleMetricEvaluator.process as it was before box-local cells: overlaps removed and
+    masks encoded from the dense (n, H, W) stack."""
+    from cellseg_d2.data.mapper import annotation_rles
+    from cellseg_d2.evaluation.box_rle import encode_instance_masks
+    from cellseg_d2.evaluation.kaggle_metric import remove_overlaps, rle_score
+
+    for inp, out in zip(inputs, outputs):
+        record = self._gt[inp["image_id"]]
+        anns = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
+        gt_rles = annotation_rles(anns, record["height"], record["width"])
+        gt_classes = np.array([a["category_id"] for a in anns], dtype=np.int64)
+        inst = out["instances"].to("cpu")
+        inst = inst[inst.scores > self._score_thresh]
+        boxes = inst.pred_boxes.tensor
+        masks, keep = remove_overlaps(inst.pred_masks, inst.scores.numpy(), boxes)
+        pred_rles = encode_instance_masks(masks, boxes[torch.from_numpy(keep)])
+        classes = inst.pred_classes.numpy()[keep]
+        per_class = {int(c): rle_score([r for r, g in zip(gt_rles, gt_classes) if g == c],
+                                       [r for r, k in zip(pred_rles, classes) if k == c])
+                     for c in np.unique(gt_classes)}
+        self._scores.append((inp["image_id"], rle_score(gt_rles, pred_rles), per_class))
 
 
 def train_step_worker(args) -> dict:
@@ -287,6 +332,8 @@ def main(argv=None):
     p.add_argument("--yolact-weights", default="")
     p.add_argument("--maskrcnn-weights", default="")
     p.add_argument("--eval-images", type=int, default=4, help="images for the evaluation cost")
+    p.add_argument("--eval-dets", default="100,1000,2000",
+                   help="detections per image for the evaluation cost (default %(default)s)")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--eval-only", action="store_true", help="measure only the evaluation cost")
     p.add_argument("--train-step", action="store_true",
@@ -349,10 +396,15 @@ def main(argv=None):
     if not args.skip_eval:
         print("\nmeasuring evaluation cost ...", file=sys.stderr, flush=True)
         report["evaluation"] = eval_cost(args)
-        e = report["evaluation"]
-        print(f"\nEvaluation of {e['images']} images x {e['detections_per_image']} detections "
-              f"({e['gt_cells_per_image']} GT cells/image): COCOEvaluator {e['coco_evaluator_s']:.1f} s, "
-              f"Kaggle metric {e['kaggle_metric_s']:.1f} s")
+        print(f"\nEvaluation, seconds per image (shsy5y images, ~"
+              f"{report['evaluation']['rows'][0]['gt_cells_per_image']} cells each), one run:")
+        print(f"{'dets':>6} {'COCO d2':>8} {'COCO ours':>10} {'speed-up':>9} {'Kaggle dense':>13} "
+              f"{'Kaggle ours':>12} {'speed-up':>9} {'max |diff|':>11}")
+        for e in report["evaluation"]["rows"]:
+            c0, c1 = e["detectron2_coco_s_per_image"], e["cellseg_d2_coco_s_per_image"]
+            k0, k1 = e["detectron2_kaggle_s_per_image"], e["cellseg_d2_kaggle_s_per_image"]
+            print(f"{e['detections_per_image']:>6} {c0:>8.3f} {c1:>10.3f} {c0 / c1:>8.1f}x "
+                  f"{k0:>13.3f} {k1:>12.3f} {k0 / k1:>8.1f}x {e['max_abs_difference']:>11.2g}")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     from cellseg_d2.utils import write_json
 
