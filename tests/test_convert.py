@@ -196,3 +196,50 @@ def test_excel_csv_with_bom_and_crlf_converts_identically(tiny_synthetic, tmp_pa
         assert excel[name]["annotations"] == plain[name]["annotations"]
         assert [i["kaggle_id"] for i in excel[name]["images"]] == \
             [i["kaggle_id"] for i in plain[name]["images"]]
+
+
+def test_coco_json_input_is_split_like_the_kaggle_layout(tiny_synthetic, tmp_path):
+    """A user's COCO JSON (category names in any case, file names relative to the JSON, ids
+    of their own) becomes train / val JSONs with the project's category ids, same masks."""
+    from cellseg_d2.data.coco_input import convert_coco
+
+    src = json.loads((tiny_synthetic / "synthetic" / "annotations" / "train.json").read_text())
+    remap = {1: 7, 2: 8, 3: 9}
+    user = {"images": [dict(im, id=im["id"] * 10) for im in src["images"]],
+            "categories": [{"id": remap[c["id"]], "name": c["name"].upper()}
+                           for c in src["categories"]],
+            "annotations": [{"id": a["id"] + 100, "image_id": a["image_id"] * 10,
+                             "category_id": remap[a["category_id"]],
+                             "segmentation": a["segmentation"]} for a in src["annotations"]]}
+    path = tiny_synthetic / "synthetic" / "user.json"  # file names are relative to synthetic/
+    path.write_text(json.dumps(user))
+    out = convert_coco(str(path), str(tmp_path / "real"), split=(2, 2, 0))
+    assert [len(out[s]["images"]) for s in ("train", "val", "test")] == [2, 2, 0]
+    by_file = {im["file_name"]: im for im in src["images"]}
+    for name in ("train", "val"):
+        data = json.loads((tmp_path / "real" / "annotations" / f"{name}.json").read_text())
+        for im in data["images"]:
+            path_in_src = os.path.relpath(tmp_path / "real" / im["file_name"],
+                                          tiny_synthetic / "synthetic")
+            orig = by_file[path_in_src]
+            mine = [a for a in data["annotations"] if a["image_id"] == im["id"]]
+            theirs = [a for a in src["annotations"] if a["image_id"] == orig["id"]]
+            assert [a["segmentation"] for a in mine] == [a["segmentation"] for a in theirs]
+            assert [a["category_id"] for a in mine] == [a["category_id"] for a in theirs]
+            assert [a["area"] for a in mine] == pytest.approx([a["area"] for a in theirs])
+
+
+def test_coco_json_input_errors_name_the_field(tiny_synthetic, tmp_path):
+    from cellseg_d2.data.coco_input import convert_coco
+    from cellseg_d2.data.sartorius import ConversionError
+
+    src = json.loads((tiny_synthetic / "synthetic" / "annotations" / "train.json").read_text())
+    path = tiny_synthetic / "synthetic" / "bad.json"
+    path.write_text(json.dumps(dict(src, categories=[{"id": 1, "name": "neuron"}])))
+    with pytest.raises(ConversionError, match="category 'neuron' \\(id 1\\) is not one of"):
+        convert_coco(str(path), str(tmp_path / "x"), split=(2, 2, 0))
+    images = [dict(src["images"][0], file_name="missing.png")] + src["images"][1:]
+    path.write_text(json.dumps(dict(src, images=images)))
+    with pytest.raises(ConversionError, match="images\\[0\\]: .*missing.png: image file not found"):
+        convert_coco(str(path), str(tmp_path / "x"), split=(2, 2, 0))
+    assert not (tmp_path / "x").exists()

@@ -4,9 +4,10 @@
     tools/train_real.py [--data ../shared/data/sartorius_recon] [--minutes 60]
                         [--output output/real_cpu] [--arch yolact|maskrcnn]
 
-1. converts --data (the Kaggle layout: train.csv + train/*.png) into OUTPUT/data/real with a
-   seeded split stratified by cell type (--split; by default 26,8,0, which on
-   sartorius_recon is exactly sartorius_recon_{train,val});
+1. converts --data (the Kaggle layout: train.csv + train/*.png; or a COCO instances JSON with
+   categories named shsy5y / astro / cort and image paths relative to it) into
+   OUTPUT/data/real with a seeded split stratified by cell type (--split; by default 26,8,0,
+   which on sartorius_recon is exactly sartorius_recon_{train,val});
 2. generates fresh synthetic images of the three cell types (the project's generator);
 3. measures this machine's seconds per iteration (8 iterations on the real images) and
    shares the remaining time (re-planned after pretraining, so the budget holds) between
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 
+from cellseg_d2.data.coco_input import convert_coco
 from cellseg_d2.data.sartorius import ConversionError, convert_sartorius
 from cellseg_d2.data.synthetic import generate_dataset
 from cellseg_d2.utils import write_json
@@ -68,7 +70,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", default=os.path.join(TOOLS, "..", "..", "shared", "data",
                                                   "sartorius_recon"),
-                   help="Kaggle-layout folder (train.csv, train/)")
+                   help="Kaggle-layout folder (train.csv, train/) or COCO instances JSON")
     p.add_argument("--output", help="default output/real_cpu (output/real_<arch>_cpu)")
     p.add_argument("--arch", choices=sorted(ARCHS), default="yolact")
     p.add_argument("--minutes", type=float, default=60.0, help="wall-time budget, all included")
@@ -91,8 +93,11 @@ def main(argv=None):
     os.makedirs(out)
     try:
         split = [float(v) for v in args.split.split(",")]
-        convert_sartorius(args.data, os.path.join(data_root, "real"), split=split, seed=args.seed,
-                          progress=False)
+        if args.data.lower().endswith(".json"):
+            convert_coco(args.data, os.path.join(data_root, "real"), split=split, seed=args.seed)
+        else:
+            convert_sartorius(args.data, os.path.join(data_root, "real"), split=split,
+                              seed=args.seed, progress=False)
     except (ConversionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
