@@ -9,9 +9,10 @@
    OUTPUT/data/real with a seeded split stratified by cell type (--split; by default 26,8,0,
    which on sartorius_recon is exactly sartorius_recon_{train,val});
 2. generates fresh synthetic images of the three cell types (the project's generator);
-3. measures this machine's seconds per iteration (8 iterations on the real images) and
-   shares the remaining time (re-planned after pretraining, so the budget holds) between
-   pretraining on the synthetic images and fine-tuning on the real training images;
+3. measures this machine's seconds per iteration on each stage's data (6 iterations each) and
+   shares the remaining time (--pretrain-share of it to pretraining; re-planned after
+   pretraining, so the budget holds) between pretraining on the synthetic images and
+   fine-tuning on the real training images;
 4. evaluates on the real validation images and prints the per-class table.
 
 OUTPUT holds Detectron2's usual config.yaml, model_final.pth, metrics.json and
@@ -37,7 +38,7 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(TOOLS, "..", "configs")
 ARCHS = {"yolact": "real_R18_cpu.yaml", "maskrcnn": "real_maskrcnn_R18_cpu.yaml"}
 EVAL_RESERVE_S = 180  # final evaluation on ~8 images with up to 1000 detections, and start-up
-CALIBRATION_ITERS = 8
+CALIBRATION_ITERS = 6  # per stage
 
 
 def train_net(config, opts, data_root, log_path):
@@ -60,6 +61,18 @@ def seconds_per_iteration(metrics_file: str) -> float:
     return statistics.median(times) if times else float("nan")
 
 
+def calibrate(config, dataset, folder, opts, data_root) -> float:
+    """Median seconds per training iteration on ``dataset`` (CALIBRATION_ITERS iterations)."""
+    train_net(config, ["DATASETS.TRAIN", f"('{dataset}',)", "MODEL.WEIGHTS", "",
+                       *schedule(CALIBRATION_ITERS), "OUTPUT_DIR", folder, *opts],
+              data_root, folder + ".log")
+    s_it = seconds_per_iteration(os.path.join(folder, "metrics.json"))
+    for f in os.listdir(folder):  # keep only what it measured
+        if f != "metrics.json":
+            os.remove(os.path.join(folder, f))
+    return s_it
+
+
 def schedule(iters: int) -> list:
     steps = f"({int(iters * 0.8)}, {int(iters * 0.95)})" if iters >= 20 else "()"
     return ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", steps,
@@ -77,7 +90,7 @@ def main(argv=None):
     p.add_argument("--split", default="26,8,0", help="train,val,test of --data (see "
                    "tools/convert_sartorius.py)")
     p.add_argument("--pretrain-share", type=float, default=0.35,
-                   help="share of the training iterations spent on synthetic images")
+                   help="share of the training time spent on synthetic images")
     p.add_argument("--synthetic-per-type", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both stages")
@@ -111,19 +124,17 @@ def main(argv=None):
 
     common = ["SEED", args.seed, *args.opts]
     no_eval = ["DATASETS.TEST", "()"]  # the stages before the last are not evaluated
-    calib = os.path.join(out, "calibration")
-    train_net(config, ["MODEL.WEIGHTS", "", *schedule(CALIBRATION_ITERS), *no_eval,
-                       "OUTPUT_DIR", calib, *common],
-              data_root, os.path.join(out, "calibration.log"))
-    s_it = seconds_per_iteration(os.path.join(calib, "metrics.json"))
-    for f in os.listdir(calib):  # keep only what it measured
-        if f != "metrics.json":
-            os.remove(os.path.join(calib, f))
+    # Each stage is timed on its own data: synthetic crops hold more cells than real ones
+    # and cost Mask R-CNN (whose mask head runs per cell) about twice as much per iteration.
+    s_it = {stage: calibrate(config, dataset, os.path.join(out, f"calibration_{stage}"),
+                             no_eval + common, data_root)
+            for stage, dataset in (("synthetic", "synthetic_train"), ("real", "real_train"))}
     left = args.minutes * 60 - (time.time() - start) - EVAL_RESERVE_S
-    total = max(2, int(left / (s_it * 1.04)))  # 4%: per-stage start-up
-    pre = max(1, round(total * args.pretrain_share)) if args.pretrain_share > 0 else 0
-    fine = max(1, total - pre)
-    print(f"[{time.time() - start:5.0f} s] {s_it:.2f} s/it on this machine: {pre} iterations on "
+    pre = (max(1, int(left * args.pretrain_share / (s_it["synthetic"] * 1.04)))
+           if args.pretrain_share > 0 else 0)  # 4%: each stage's start-up
+    fine = max(1, int((left - pre * s_it["synthetic"]) / (s_it["real"] * 1.04)))
+    print(f"[{time.time() - start:5.0f} s] {s_it['synthetic']:.2f} s/it on synthetic, "
+          f"{s_it['real']:.2f} s/it on real images on this machine: {pre} iterations on "
           f"synthetic images, {fine} on the real ones")
 
     weights = ""
@@ -136,7 +147,7 @@ def main(argv=None):
         # Re-plan with the time actually left: synthetic crops can cost more per iteration than
         # the real ones timed above (Mask R-CNN's mask head runs per cell: ~2x).
         left = args.minutes * 60 - (time.time() - start) - EVAL_RESERVE_S
-        fine = max(1, int(left / (s_it * 1.02)))
+        fine = max(1, int(left / (s_it["real"] * 1.02)))
         print(f"[{time.time() - start:5.0f} s] pretrained -> {weights}; {fine} iterations on the "
               f"real images")
     train_net(config, ["MODEL.WEIGHTS", weights, *schedule(fine), "TEST.EVAL_PERIOD", fine,
@@ -157,12 +168,13 @@ def report(out, wall, s_it, pre, fine, args):
     for name, v in table.items():
         kaggle = final.get(f"kaggle/score-{name}", float("nan"))
         print(f"{name:8s} {v['AP']:6.1f} {v['AP50']:6.1f} {v['AP75']:6.1f} {kaggle:7.1f}")
-    print(f"wall time {wall / 60:.1f} min ({s_it:.2f} s/it; {pre} + {fine} iterations); "
+    print(f"wall time {wall / 60:.1f} min ({pre} iterations at {s_it['synthetic']:.2f} s/it + "
+          f"{fine} at {s_it['real']:.2f} s/it, as calibrated); "
           f"model: {out}/model_final.pth, config: {out}/config.yaml")
     write_json(os.path.join(out, "train_real.json"), {
         "data": os.path.abspath(args.data), "arch": args.arch, "minutes_budget": args.minutes,
-        "wall_s": round(wall, 1), "s_per_it": round(s_it, 3), "pretrain_iters": pre,
-        "finetune_iters": fine, "seed": args.seed, "segm_per_class": table,
+        "wall_s": round(wall, 1), "s_per_it": {k: round(v, 3) for k, v in s_it.items()},
+        "pretrain_iters": pre, "finetune_iters": fine, "seed": args.seed, "segm_per_class": table,
         "metrics": {k: v for k, v in final.items() if "/" in k}})
 
 
