@@ -144,10 +144,14 @@ def main(argv=None):
                            *common],
                   data_root, os.path.join(out, "pretrain.log"))
         weights = os.path.join(out, "pretrain", "model_final.pth")
-        # Re-plan with the time actually left: synthetic crops can cost more per iteration than
-        # the real ones timed above (Mask R-CNN's mask head runs per cell: ~2x).
+        # Re-plan with the time actually left, and the real images' s/it scaled by how far the
+        # pretraining's own s/it was from its calibration (both were timed in the same
+        # conditions; a longer run on a busy machine drifts the same way).
+        drift = seconds_per_iteration(os.path.join(out, "pretrain", "metrics.json")) \
+            / s_it["synthetic"]
+        drift = drift if drift == drift else 1.0  # NaN: pretraining too short to log a time
         left = args.minutes * 60 - (time.time() - start) - EVAL_RESERVE_S
-        fine = max(1, int(left / (s_it["real"] * 1.02)))
+        fine = max(1, int(left / (s_it["real"] * max(drift, 1.0) * 1.02)))
         print(f"[{time.time() - start:5.0f} s] pretrained -> {weights}; {fine} iterations on the "
               f"real images")
     train_net(config, ["MODEL.WEIGHTS", weights, *schedule(fine), "TEST.EVAL_PERIOD", fine,
