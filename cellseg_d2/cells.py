@@ -40,37 +40,42 @@ def tight(mask: np.ndarray, x0: int, y0: int):
             x0 + int(cols[0]), y0 + int(rows[0]))
 
 
-def cells_from_instances(inst, score_thresh: float, origin=(0, 0), tile: int = 0,
-                         margin: int = 2) -> list:
-    """Detectron2 Instances (pred_masks at the instances' image size) -> Cells scoring above
-    ``score_thresh``, in image coordinates shifted by ``origin`` (x, y).
-
-    Each mask is read inside its box grown by ``margin`` px, where YOLACT's and Detectron2's
-    mask heads put every pixel; a mask reaching the edge of that window is read whole. Nothing
-    is done per pixel of the (n, H, W) stack, so the cost follows the boxes, not n x H x W."""
-    if len(inst) == 0 or not inst.has("pred_masks"):
-        return []
-    masks = torch.as_tensor(inst.pred_masks).cpu().numpy().astype(bool, copy=False)
+def box_crops(masks: np.ndarray, boxes: np.ndarray, indices, margin: int = 2):
+    """Yield (index, x0, y0, crop) for ``indices`` of masks (n, H, W) bool, each crop being the
+    mask inside its XYXY box grown by ``margin`` px, where YOLACT's and Detectron2's mask heads
+    put every pixel; a mask reaching the edge of that window is yielded whole. Nothing is done
+    per pixel of the (n, H, W) stack, so the cost follows the boxes, not n x H x W."""
     _, height, width = masks.shape
-    scores = inst.scores.cpu().numpy()
-    classes = inst.pred_classes.cpu().numpy()
-    boxes = inst.pred_boxes.tensor.cpu().numpy().astype(np.float64)
-    ox, oy = origin
-    cells = []
-    for i in np.flatnonzero(scores > score_thresh).tolist():
+    for i in indices:
         x0, y0 = (max(int(np.floor(v)) - margin, 0) for v in boxes[i, :2])
+        x0, y0 = min(x0, width - 1), min(y0, height - 1)
         x1 = min(max(int(np.ceil(boxes[i, 2])) + margin, x0 + 1), width)
         y1 = min(max(int(np.ceil(boxes[i, 3])) + margin, y0 + 1), height)
         crop = masks[i, y0:y1, x0:x1]
         if ((y0 > 0 and crop[0].any()) or (y1 < height and crop[-1].any())
                 or (x0 > 0 and crop[:, 0].any()) or (x1 < width and crop[:, -1].any())):
-            crop, x0, y0 = masks[i], 0, 0
+            yield i, 0, 0, masks[i]
+        else:
+            yield i, x0, y0, crop
+
+
+def cells_from_instances(inst, score_thresh: float, origin=(0, 0), tile: int = 0) -> list:
+    """Detectron2 Instances (pred_masks at the instances' image size) -> Cells scoring above
+    ``score_thresh``, in image coordinates shifted by ``origin`` (x, y); empty masks dropped."""
+    if len(inst) == 0 or not inst.has("pred_masks"):
+        return []
+    masks = torch.as_tensor(inst.pred_masks).cpu().numpy().astype(bool, copy=False)
+    scores = inst.scores.cpu().numpy()
+    classes = inst.pred_classes.cpu().numpy()
+    boxes = inst.pred_boxes.tensor.cpu().numpy().astype(np.float64)
+    ox, oy = origin
+    cells = []
+    for i, x0, y0, crop in box_crops(masks, boxes, np.flatnonzero(scores > score_thresh).tolist()):
         cut = tight(crop, x0, y0)
-        if cut is None:
-            continue
-        crop, x0, y0 = cut
-        cells.append(Cell(x0 + ox, y0 + oy, crop.copy(), float(scores[i]), int(classes[i]),
-                          boxes[i] + (ox, oy, ox, oy), tile))
+        if cut is not None:
+            crop, x0, y0 = cut
+            cells.append(Cell(x0 + ox, y0 + oy, crop.copy(), float(scores[i]), int(classes[i]),
+                              boxes[i] + (ox, oy, ox, oy), tile))
     return cells
 
 

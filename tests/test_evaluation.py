@@ -150,8 +150,11 @@ def test_box_rle_equals_pycocotools():
         bw, bh = rng.integers(1, 15, 2)
         masks[i, y0:y0 + bh, x0:x0 + bw] = rng.random((min(bh, h - y0), min(bw, w - x0))) > 0.3
         boxes.append([x0, y0, x0 + bw, y0 + bh])
-    masks[3, 0, 0] = True  # a pixel outside its box: full encoding fallback
+    masks[3] = False  # a mask running on past its box (and the 2 px margin): read whole
+    masks[3, 10:14, 5:40] = True
+    boxes[3] = [5, 10, 20, 14]
     masks[4] = False  # empty
+    masks[5] = False  # the last pixel of the image
     masks[5, h - 1, w - 1] = True
     boxes[5] = [w - 1, h - 1, w, h]
     rles = encode_instance_masks(torch.from_numpy(masks), torch.tensor(boxes, dtype=torch.float))

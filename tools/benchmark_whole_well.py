@@ -51,34 +51,57 @@ def run_predict(args, inputs: str, out: str, *extra) -> dict:
     return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": stdout}
 
 
-def mask_ap(gt_labels: dict, results: list, images: list) -> dict:
-    """Class-agnostic mask AP (IoU .50:.95, all detections) per output name."""
+def mask_ap(gt_labels: dict, dets: dict) -> float:
+    """Class-agnostic mask AP (IoU .50:.95, every detection) of ``dets`` ({key: [(score,
+    Cell)]}) against ``gt_labels`` ({key: label image}), all keys scored as one dataset."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     from cellseg_d2.cells import cells_from_label, coco_rle
 
-    aps = {}
-    for meta in images:
-        gt = gt_labels[meta["output_name"]]
+    images, anns, results = [], [], []
+    for image_id, (key, gt) in enumerate(sorted(gt_labels.items()), start=1):
         h, w = gt.shape
-        anns = []
-        for k, c in enumerate(cells_from_label(gt), start=1):
+        images.append({"id": image_id, "height": h, "width": w})
+        for c in cells_from_label(gt):
             x0, y0, x1, y1 = c.bounds
-            anns.append({"id": k, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": c.area,
-                         "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": coco_rle(c, h, w)})
-        coco = COCO()
-        coco.dataset = {"images": [{"id": 1, "height": h, "width": w}], "annotations": anns,
-                        "categories": [{"id": 1, "name": "cell"}]}
-        coco.createIndex()
-        dets = [dict(r, image_id=1, category_id=1) for r in results if r["image_id"] == meta["id"]]
-        e = COCOeval(coco, coco.loadRes(dets) if dets else COCO(), "segm")
-        e.params.maxDets = [1, 10, max(len(dets), len(anns), 100)]
-        e.evaluate()
-        e.accumulate()
-        p = e.eval["precision"][:, :, 0, 0, -1]
-        aps[meta["output_name"]] = float(p[p > -1].mean()) if (p > -1).any() else 0.0
-    return aps
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 1,
+                         "iscrowd": 0, "area": c.area, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                         "segmentation": coco_rle(c, h, w)})
+        results += [{"image_id": image_id, "category_id": 1, "score": score,
+                     "segmentation": coco_rle(c, h, w)} for score, c in dets.get(key, [])]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1}]}
+    coco.createIndex()
+    if not results:
+        return 0.0
+    per_image = max(np.bincount([r["image_id"] for r in results]).max(), 100)
+    e = COCOeval(coco, coco.loadRes(results), "segm")
+    e.params.maxDets = [1, 10, int(per_image)]
+    e.evaluate()
+    e.accumulate()
+    p = e.eval["precision"][:, :, 0, 0, -1]
+    return float(p[p > -1].mean()) if (p > -1).any() else 0.0
+
+
+def scored_cells(results: list, image_id: int, height: int, width: int, window=None) -> list:
+    """(score, Cell) of one image's COCO results, cut to ``window`` (x, y, w, h) if given."""
+    import pycocotools.mask as mask_util
+
+    from cellseg_d2.cells import tight
+
+    out = []
+    x, y, w, h = window or (0, 0, width, height)
+    for r in results:
+        if r["image_id"] != image_id:
+            continue
+        rle = dict(r["segmentation"], counts=r["segmentation"]["counts"].encode("ascii"))
+        cut = tight(mask_util.decode(rle)[y:y + h, x:x + w].astype(bool), 0, 0)
+        if cut is not None:
+            from cellseg_d2.cells import Cell
+
+            out.append((r["score"], Cell(cut[1], cut[2], cut[0], r["score"], 0, np.zeros(4))))
+    return out
 
 
 def report(args) -> dict:
@@ -112,12 +135,23 @@ def report(args) -> dict:
               f"{r['peak_rss_mb']:>12.0f} {r['cells_present']:>8} {r['cells_found']:>7} "
               f"{r['matched']:>8}")
     print(f"\nmarginal time: {slope:.1f} s per megapixel (slope of wall time over area)")
-    print(f"seams: mosaic mask AP {seams['mosaic_ap']:.4f}, its images one at a time "
-          f"{seams['tiles_mean_ap']:.4f} (mean of {', '.join(f'{a:.4f}' for a in seams['tiles_ap'])})")
+    print(f"seams (2x2 mosaic of 704x520 images, mask AP on the same 4 images): predicted as "
+          f"the mosaic {seams['mosaic_ap']:.4f}, one at a time {seams['alone_ap']:.4f}; mean of "
+          f"per-image AP {seams['mosaic_mean_ap']:.4f} vs {seams['alone_mean_ap']:.4f}")
+    for t in seams["per_image"]:
+        print(f"  {t['cell_type']:7s} mosaic {t['from_mosaic']:.4f}  alone {t['alone']:.4f}")
     return {"whole_well": rows, "s_per_mp_marginal": slope, "seams": seams}
 
 
+def seams_only(args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        return seam_check(args, tmp)
+
+
 def seam_check(args, tmp: str) -> dict:
+    """A 2x2 mosaic of synthetic 704x520 images predicted whole, and each image predicted
+    alone; the mosaic's prediction is cut back into the four images, so both are scored on the
+    same ground truth: per image and as one 4-image dataset."""
     from cellseg_d2.data.synthetic import synthesize_mosaic
 
     rng = np.random.default_rng(7)
@@ -125,17 +159,24 @@ def seam_check(args, tmp: str) -> dict:
     folder = os.path.join(tmp, "seams")
     os.makedirs(folder)
     cv2.imwrite(os.path.join(folder, "mosaic.png"), image)
-    labels = {"mosaic": gt}
+    labels = {}
     for k, (x, y, _) in enumerate(tiles):
         cv2.imwrite(os.path.join(folder, f"tile{k}.png"), image[y:y + 520, x:x + 704])
         labels[f"tile{k}"] = gt[y:y + 520, x:x + 704]
     out = os.path.join(tmp, "seams_out")
-    run_predict(args, folder, out)
+    run_predict(args, folder, out, "--score-thresh", "0")  # AP ranks every detection
     with open(os.path.join(out, "coco_results.json")) as f:
         results = json.load(f)
     with open(os.path.join(out, "images.json")) as f:
-        images = json.load(f)
-    aps = mask_ap(labels, results, images)
-    tiles_ap = [aps[f"tile{k}"] for k in range(len(tiles))]
-    return {"mosaic_ap": aps["mosaic"], "tiles_ap": tiles_ap,
-            "tiles_mean_ap": float(np.mean(tiles_ap))}
+        ids = {im["output_name"]: im["id"] for im in json.load(f)}
+    h, w = gt.shape
+    alone = {f"tile{k}": scored_cells(results, ids[f"tile{k}"], 520, 704) for k in range(4)}
+    cut = {f"tile{k}": scored_cells(results, ids["mosaic"], h, w, (x, y, 704, 520))
+           for k, (x, y, _) in enumerate(tiles)}
+    per_tile = [{"cell_type": t[2], "alone": mask_ap({k: labels[k]}, {k: alone[k]}),
+                 "from_mosaic": mask_ap({k: labels[k]}, {k: cut[k]})}
+                for k, t in zip(sorted(labels), tiles)]
+    return {"per_image": per_tile, "alone_ap": mask_ap(labels, alone),
+            "mosaic_ap": mask_ap(labels, cut),
+            "alone_mean_ap": float(np.mean([t["alone"] for t in per_tile])),
+            "mosaic_mean_ap": float(np.mean([t["from_mosaic"] for t in per_tile]))}

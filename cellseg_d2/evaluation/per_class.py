@@ -7,7 +7,6 @@ faster-coco-eval's C++ COCOeval gives the same precision arrays (tests/test_coco
 reads AP at the last maxDets, as COCOevalMaxDets does; so does the per-class table here.
 """
 import contextlib
-import copy
 import csv
 import os
 from unittest import mock
@@ -89,10 +88,11 @@ def evaluate_coco(coco_gt, coco_results: list, iou_type: str, max_dets=(1, 10, 1
     summarised; ``stats[:6]`` and ``eval["precision"]`` are read at ``max_dets[-1]``."""
     from faster_coco_eval import COCO, COCOeval_faster
 
-    if iou_type == "segm":  # mask areas, not box areas, define small / medium / large
-        coco_results = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_results]
-    gt = coco_gt if isinstance(coco_gt, COCO) else COCO(copy.deepcopy(coco_gt.dataset))
-    e = COCOeval_faster(gt, gt.loadRes(copy.deepcopy(coco_results)), iou_type,
+    # loadRes adds keys to each result: give it copies (their masks are only read)
+    drop = ("bbox",) if iou_type == "segm" else ()  # mask areas define small / medium / large
+    coco_results = [{k: v for k, v in r.items() if k not in drop} for r in coco_results]
+    gt = coco_gt if isinstance(coco_gt, COCO) else COCO(coco_gt.dataset)
+    e = COCOeval_faster(gt, gt.loadRes(coco_results), iou_type,
                         print_function=lambda *a, **k: None)
     e.params.maxDets = list(max_dets)
     if img_ids is not None:
