@@ -51,14 +51,13 @@ def add_yolact_config(cfg):
     cfg.SOLVER.STEP_FRACTIONS = (0.8, 0.95)
     cfg.TEST.EVAL_PERIOD_EPOCHS = 0
 
-    cfg.MODEL.MASK_ON = True
-    cfg.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
+    # Only new keys here: YOLACT's values for Detectron2's own keys are in
+    # configs/Base-YOLACT.yaml, so the Mask R-CNN baseline keeps Detectron2's defaults.
     cfg.INPUT.VERTICAL_FLIP = True
     cfg.INPUT.TRANSPOSE = False  # random transpose: with both flips, all 8 orientations
     # (low, high): in training, scale by a random factor in [low, high] instead of
     # ResizeShortestEdge (after INPUT.CROP); () keeps MIN_SIZE_TRAIN.
     cfg.INPUT.TRAIN_SCALE = ()
-    cfg.TEST.DETECTIONS_PER_IMAGE = 1000
     # Score above which a detection counts as a cell in label images, counts, the Kaggle
     # submission and the Kaggle metric (COCO AP uses every detection).
     cfg.TEST.INSTANCE_SCORE_THRESH = 0.5

@@ -45,3 +45,45 @@ def test_optimizer_choice():
     assert isinstance(Trainer.build_optimizer(cfg, model), torch.optim.SGD)
     with pytest.raises(SetupError, match="SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got 'Adam'"):
         load_cfg(CONFIGS[0], ["SOLVER.OPTIMIZER", "Adam"])
+
+
+def _keys_set(path) -> set:
+    """Dotted keys a YAML config and its _BASE_ chain set."""
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    keys = set()
+    if "_BASE_" in data:
+        keys |= _keys_set(os.path.join(os.path.dirname(path), data.pop("_BASE_")))
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, prefix + k + ".")
+            else:
+                keys.add(prefix + k)
+    walk(data, "")
+    return keys
+
+
+@pytest.mark.parametrize("name", ["Base-MaskRCNN.yaml", "maskrcnn_R18_cpu.yaml",
+                                  "real_maskrcnn_R18_cpu.yaml"])
+def test_maskrcnn_baseline_keeps_detectron2_defaults(name):
+    """add_yolact_config only adds keys: every stock key a Mask R-CNN config does not set has
+    Detectron2's default value (e.g. the anchor offset, 0.0, not YOLACT's 0.5)."""
+    from detectron2.config import get_cfg
+
+    path = str(REPO / "configs" / name)
+    cfg, stock = load_cfg(path), get_cfg()
+    set_here = _keys_set(path) | {"MODEL.DEVICE"}  # load_cfg picks cpu without CUDA
+
+    def walk(node, ours, prefix):
+        for k, v in node.items():
+            key = prefix + k
+            if hasattr(v, "items"):
+                walk(v, ours[k], key + ".")
+            elif key not in set_here:
+                assert ours[k] == v, key
+    walk(stock, cfg, "")
+    assert cfg.MODEL.ANCHOR_GENERATOR.OFFSET == 0.0
