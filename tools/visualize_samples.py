@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Rank a dataset's images by their per-image Kaggle score (detections above
-TEST.INSTANCE_SCORE_THRESH) and save the best and worst as
-side-by-side panels: ground truth | prediction (Detectron2 Visualizer). An output folder
-holding an earlier run is refused unless --overwrite, which replaces it as a whole.
+TEST.INSTANCE_SCORE_THRESH, made non-overlapping) and save the best and worst as
+side-by-side panels: ground truth | prediction (Detectron2 Visualizer; the prediction panel
+shows exactly the cells scored). Predictions are kept box-local, so memory does not grow with
+the dataset. An output folder holding an earlier run is refused unless --overwrite, which
+replaces it as a whole.
 
     tools/visualize_samples.py --config-file CFG --weights model_final.pth \
         [--dataset synthetic_val] [--num 2] --output samples/
@@ -21,12 +23,12 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 import cellseg_d2  # noqa: F401
+from cellseg_d2.cells import cells_from_instances, coco_rle, paint_labels
 from cellseg_d2.checkpoint import FittingCheckpointer
 from cellseg_d2.data.datasets import DatasetMissingError
 from cellseg_d2.data.mapper import CellDatasetMapper, annotation_rles
-from cellseg_d2.evaluation.box_rle import encode_instance_masks
-from cellseg_d2.evaluation.kaggle_metric import remove_overlaps, rle_score
-from cellseg_d2.outputs import write_image
+from cellseg_d2.evaluation.kaggle_metric import rle_score
+from cellseg_d2.outputs import overlay, write_image
 from cellseg_d2.predict import InputError, check_output_dir, staged_dir
 from cellseg_d2.setup_cfg import SetupError, check_weights, load_cfg
 from cellseg_d2.utils import atomic_open
@@ -34,16 +36,15 @@ from cellseg_d2.utils import atomic_open
 OUTPUTS = ("best_*.png", "worst_*.png", "scores.csv")
 
 
-def panel(record, instances, metadata, score):
-    image = cv2.imread(record["file_name"], cv2.IMREAD_COLOR)[:, :, ::-1]
-    gt = Visualizer(image, metadata, instance_mode=ColorMode.IMAGE).draw_dataset_dict(record)
-    pred = Visualizer(image, metadata, instance_mode=ColorMode.IMAGE).draw_instance_predictions(
-        instances)
-    left, right = gt.get_image(), pred.get_image()
+def panel(record, cells, metadata, score):
+    image = cv2.imread(record["file_name"], cv2.IMREAD_COLOR)
+    left = Visualizer(image[:, :, ::-1], metadata,
+                      instance_mode=ColorMode.IMAGE).draw_dataset_dict(record).get_image()
+    right = overlay(image, cells, metadata)[:, :, ::-1]
     sep = np.full((left.shape[0], 8, 3), 255, np.uint8)
     out = np.concatenate([left, sep, right], axis=1)[:, :, ::-1].copy()
     for text, x in ((f"ground truth ({len(record['annotations'])})", 8),
-                    (f"prediction ({len(instances)}), score {score:.3f}", left.shape[1] + 16)):
+                    (f"prediction ({len(cells)}), score {score:.3f}", left.shape[1] + 16)):
         cv2.putText(out, text, (x, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3)
         cv2.putText(out, text, (x, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1)
     return out
@@ -77,28 +78,27 @@ def main(argv=None):
     scored = []
     with torch.no_grad():
         for record in tqdm(records, desc="scoring", unit="img"):
+            h, w = record["height"], record["width"]
             inst = model([mapper(record)])[0]["instances"].to("cpu")
-            inst = inst[inst.scores > cfg.TEST.INSTANCE_SCORE_THRESH]
-            masks, keep = remove_overlaps(inst.pred_masks, inst.scores.numpy(),
-                                          inst.pred_boxes.tensor)
-            gt = annotation_rles(record["annotations"], record["height"], record["width"])
-            pred = encode_instance_masks(masks, inst.pred_boxes.tensor[torch.from_numpy(keep)])
-            scored.append((rle_score(gt, pred), record, inst))
+            _, cells = paint_labels(cells_from_instances(inst, cfg.TEST.INSTANCE_SCORE_THRESH),
+                                    (h, w))
+            gt = annotation_rles(record["annotations"], h, w)
+            scored.append((rle_score(gt, [coco_rle(c, h, w) for c in cells]), record, cells))
     scored.sort(key=lambda t: -t[0])
     k = min(args.num, len(scored))
     picks = [("best", i + 1, scored[i]) for i in range(k)]
     picks += [("worst", i + 1, scored[-1 - i]) for i in range(k)]
     with staged_dir(args.output) as stage:
-        for kind, rank, (score, record, inst) in picks:
+        for kind, rank, (score, record, cells) in picks:
             stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
             write_image(os.path.join(stage, f"{kind}_{rank}_{stem}.png"),
-                        panel(record, inst, metadata, score))
+                        panel(record, cells, metadata, score))
         with atomic_open(os.path.join(stage, "scores.csv"), "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["image", "kaggle_score", "gt_cells", "pred_cells"])
-            for score, record, inst in scored:
+            for score, record, cells in scored:
                 writer.writerow([os.path.basename(record["file_name"]), f"{score:.4f}",
-                                 len(record["annotations"]), len(inst)])
+                                 len(record["annotations"]), len(cells)])
     print(f"wrote {2 * k} panels and scores.csv to {args.output}/ "
           f"(best {scored[0][0]:.3f}, worst {scored[-1][0]:.3f})")
     return 0
