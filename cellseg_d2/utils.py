@@ -53,11 +53,9 @@ def write_json(path: str, obj) -> None:
 def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 2**31 - 1) -> bool:
     """Tell glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
 
-    A CPU training step allocates and frees hundreds of MB of activations and mask targets.
-    By default glibc can hand them back and page-fault them in again the next step (tested:
-    a free-and-reallocate loop of 160 MB faults 23,200 times by default, 0 times with this).
-    What it saves per step is within this machine's run-to-run spread in short benchmarks
-    (BENCHMARKS.md, training step). Only blocks over ``mmap_threshold`` (32 MB, glibc's
+    A CPU training step allocates and frees hundreds of MB of activations and mask targets,
+    which glibc would otherwise hand back and page-fault in again the next step (measurements:
+    BENCHMARKS.md, training step). Only blocks over ``mmap_threshold`` (32 MB, glibc's
     ceiling) still come from mmap; the heap is trimmed only above ``trim_threshold``
     (mallopt takes a C int: 2 GB at most). Returns False where this is not glibc (macOS,
     musl) or the environment sets CELLSEG_KEEP_FREED_MEMORY=0.

@@ -116,11 +116,9 @@ class Yolact(nn.Module):
         image: each pixel is the share of its stride x stride block inside the cell.
 
         Soft targets keep sub-pixel edges: prototypes are at stride 4 and a cell is ~15 px
-        across, so binarised targets cap mask AP near 0.64 on the synthetic overfit set, the
-        fractions near 0.86 (bilinear upsampling of the fractions, thresholded at 0.5).
+        across (binarised targets cap mask AP well below the fractions: README, Model).
         Block sums are taken only inside each cell's box (widened by a pixel and rounded out
-        to the block grid): a few hundred small crops instead of n x H x W work (n reaches
-        ~800)."""
+        to the block grid), so the work follows the cells, not n x H x W."""
         masks = inst.gt_masks
         if isinstance(masks, PolygonMasks):
             masks = BitMasks.from_polygon_masks(masks, *inst.image_size)
