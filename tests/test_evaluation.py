@@ -10,8 +10,17 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cellseg_d2.evaluation import image_score, per_class_metrics, remove_overlaps
-from cellseg_d2.evaluation.kaggle_metric import iou_matrix_score
+from cellseg_d2.evaluation import per_class_metrics, remove_overlaps
+from cellseg_d2.evaluation.kaggle_metric import iou_matrix_score, rle_score
+
+
+def image_score(gt_masks, pred_masks) -> float:
+    """The metric's rle_score from dense (n, H, W) masks (pred_masks must not overlap)."""
+    def rles(masks):
+        if not len(masks):
+            return []
+        return mask_util.encode(np.asfortranarray(np.asarray(masks, np.uint8).transpose(1, 2, 0)))
+    return rle_score(rles(gt_masks), rles(pred_masks))
 
 
 def independent_kaggle(gt_label, pred_label):

@@ -65,18 +65,6 @@ def rle_score(gt_rles: list, pred_rles: list) -> float:
     return iou_matrix_score(iou)
 
 
-def _rles(masks) -> list:
-    m = np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0))
-    return mask_util.encode(m)
-
-
-def image_score(gt_masks, pred_masks) -> float:
-    """Kaggle score of one image from dense (n, H, W) masks; pred_masks must not overlap."""
-    gt = _rles(gt_masks) if len(gt_masks) else []
-    pred = _rles(pred_masks) if len(pred_masks) else []
-    return rle_score(gt, pred)
-
-
 def iou_matrix_score(iou: np.ndarray) -> float:
     scores = []
     for t in THRESHOLDS:
