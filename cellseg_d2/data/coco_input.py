@@ -14,17 +14,23 @@ from .mapper import annotation_rles
 from .sartorius import SARTORIUS_CATEGORIES, SARTORIUS_CLASSES, SPLITS, ConversionError, split_images
 
 
-def _load(path: str) -> dict:
+def read_json(path: str, what: str, error=ConversionError):
+    """The JSON in ``path``; a missing or malformed file is one ``error`` naming it."""
     try:
         with open(path) as f:
-            data = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
-        raise ConversionError(f"{path}: COCO JSON not found") from None
+        raise error(f"{path}: {what} file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path}: not a JSON file ({e})") from None
+        raise error(f"{path}: not a JSON file ({e})") from None
+
+
+def read_coco(path: str, what: str = "COCO JSON", error=ConversionError) -> dict:
+    """A COCO instances file: a dict with 'images', 'annotations' and 'categories' lists."""
+    data = read_json(path, what, error)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            raise ConversionError(f"{path}: not a COCO instances file (no {key!r} list)")
+            raise error(f"{path}: not a COCO instances file (no {key!r} list)")
     return data
 
 
@@ -34,7 +40,7 @@ def convert_coco(json_path: str, out_dir: str, split, seed: int = 0) -> dict:
     ``file_name``s are relative to the JSON's folder (or absolute). Images are split stratified
     by the class most of their cells have; every image is decoded in full first, so an
     unreadable one is one error naming it and nothing is written. Returns {split: coco dict}."""
-    data = _load(json_path)
+    data = read_coco(json_path)
     to_ours = {}
     for c in data["categories"]:
         name = str(c.get("name", "")).lower()
@@ -82,7 +88,7 @@ def convert_coco(json_path: str, out_dir: str, split, seed: int = 0) -> dict:
     parts = split_images(cell_type, split, seed)
     result = {}
     for name in SPLITS:
-        chosen = [i for i in parts[name]]
+        chosen = parts[name]
         split_anns = [a for i in chosen for a in anns[i]]
         for n, a in enumerate(split_anns, start=1):
             a["id"] = n

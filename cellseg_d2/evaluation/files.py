@@ -3,7 +3,6 @@ label images against a COCO ground-truth JSON, with the metrics training reports
 segm AP overall and per class at any maxDets (faster-coco-eval) and the Kaggle metric."""
 from __future__ import annotations
 
-import json
 import os
 
 import cv2
@@ -11,8 +10,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..cells import Cell, cells_from_label, coco_rle, paint_labels, tight
+from ..data.coco_input import read_coco, read_json
 from ..data.mapper import annotation_rles
-from .kaggle_metric import rle_score
+from .kaggle_metric import score_cells
 from .per_class import METRICS, evaluate_coco, per_class_metrics
 
 LABEL_EXTENSIONS = (".tif", ".tiff", ".png")
@@ -23,23 +23,14 @@ class ScoringError(ValueError):
 
 
 def load_json(path: str, what: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ScoringError(f"{path}: {what} file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScoringError(f"{path}: not a JSON file ({e})") from None
+    return read_json(path, what, ScoringError)
 
 
 def load_ground_truth(path: str):
     """faster-coco-eval COCO of a COCO instances JSON, checked for what scoring reads."""
     from faster_coco_eval import COCO
 
-    data = load_json(path, "ground truth")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            raise ScoringError(f"{path}: not a COCO instances file (no {key!r} list)")
+    data = read_coco(path, "ground truth", ScoringError)
     for i, im in enumerate(data["images"]):
         missing = [k for k in ("id", "height", "width") if k not in im]
         if missing:
@@ -176,12 +167,10 @@ def kaggle_metric(gt, results: list, score_thresh: float, names: list) -> dict:
                 cells.append(Cell(cut[1], cut[2], cut[0], float(r["score"]), r["category_id"],
                                   np.zeros(4)))
         _, cells = paint_labels(cells, (h, w))
-        pred_rles = [coco_rle(c, h, w) for c in cells]
-        pred_cats = np.array([c.cls for c in cells], np.int64)
-        overall.append(rle_score(gt_rles, pred_rles))
-        for c in np.unique(gt_cats).tolist():
-            per_class[c].append(rle_score([g for g, k in zip(gt_rles, gt_cats) if k == c],
-                                          [p for p, k in zip(pred_rles, pred_cats) if k == c]))
+        score, by_class = score_cells(gt_rles, gt_cats, cells, h, w)
+        overall.append(score)
+        for c, s in by_class.items():
+            per_class[c].append(s)
     out = {"score": float(np.mean(overall)) * 100 if overall else float("nan")}
     for c, name in zip(cat_ids, names):
         if per_class[c]:

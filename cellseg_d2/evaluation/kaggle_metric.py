@@ -76,6 +76,18 @@ def iou_matrix_score(iou: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+def score_cells(gt_rles: list, gt_classes, cells: list, height: int, width: int):
+    """Kaggle score of one image's non-overlapping predicted cells (cells.paint_labels), and
+    per class of its ground truth, matching cells by ``Cell.cls``: (score, {class: score})."""
+    pred_rles = [coco_rle(c, height, width) for c in cells]
+    pred_classes = np.array([c.cls for c in cells], dtype=np.int64)
+    gt_classes = np.asarray(gt_classes, dtype=np.int64)
+    per_class = {int(c): rle_score([r for r, g in zip(gt_rles, gt_classes) if g == c],
+                                   [r for r, k in zip(pred_rles, pred_classes) if k == c])
+                 for c in np.unique(gt_classes)}
+    return rle_score(gt_rles, pred_rles), per_class
+
+
 class KaggleMetricEvaluator(DatasetEvaluator):
     """Scores detections above ``score_thresh`` (the competition scores every submitted mask,
     so low-score detections that AP tolerates count as false positives here). With several
@@ -104,12 +116,8 @@ class KaggleMetricEvaluator(DatasetEvaluator):
             # box-local: no (n, H, W) copies however many detections there are
             _, cells = paint_labels(cells_from_instances(out["instances"].to("cpu"),
                                                          self._score_thresh), (height, width))
-            pred_rles = [coco_rle(c, height, width) for c in cells]
-            classes = np.array([c.cls for c in cells], dtype=np.int64)
-            per_class = {int(c): rle_score([r for r, g in zip(gt_rles, gt_classes) if g == c],
-                                           [r for r, k in zip(pred_rles, classes) if k == c])
-                         for c in np.unique(gt_classes)}
-            self._scores.append((inp["image_id"], rle_score(gt_rles, pred_rles), per_class))
+            self._scores.append((inp["image_id"],
+                                 *score_cells(gt_rles, gt_classes, cells, height, width)))
 
     def evaluate(self):
         scores = self._scores
