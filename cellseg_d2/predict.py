@@ -162,12 +162,13 @@ def predict_files(segmenter, files, read_image, output_dir, metadata, save=DEFAU
                 folder, ext = SAVE[key]
                 return os.path.join(stage, folder, f"{name}.{ext}")
 
+            one_tile = segmenter.fits_one_tile(height, width)
+            drawn = (outlines(image, label, classes, metadata)
+                     if "outlines" in save or ("png" in save and not one_tile) else None)
             if "png" in save:
-                write_image(out("png"), overlay(image, cells, metadata)
-                            if segmenter.fits_one_tile(height, width)
-                            else outlines(image, label, classes, metadata))
+                write_image(out("png"), overlay(image, cells, metadata) if one_tile else drawn)
             if "outlines" in save:
-                write_image(out("outlines"), outlines(image, label, classes, metadata))
+                write_image(out("outlines"), drawn)
             if "tif" in save:
                 write_label_tiff(out("tif"), label)
             if "rois" in save:
