@@ -11,7 +11,7 @@ setup:
 demo: setup
 	$(PY) tools/demo.py
 
-# Real cells on the CPU in <= 60 min: DATA=folder in the Kaggle layout (default: ../shared/data/sartorius_recon)
+# Real cells on the CPU in <= 60 min: DATA=Kaggle-layout folder or COCO JSON (default: ../shared/data/sartorius_recon)
 train-real: setup
 	$(PY) tools/train_real.py $(if $(DATA),--data $(DATA))
 
