@@ -73,6 +73,20 @@ def calibrate(config, dataset, folder, opts, data_root) -> float:
     return s_it
 
 
+def prepare_data(data, data_root, split, seed, synthetic_per_type):
+    """``data`` (Kaggle folder or COCO JSON) -> data_root/real (real_train, real_val, ...) and
+    freshly generated images -> data_root/synthetic (synthetic_train)."""
+    if data.lower().endswith(".json"):
+        convert_coco(data, os.path.join(data_root, "real"), split=split, seed=seed)
+    else:
+        convert_sartorius(data, os.path.join(data_root, "real"), split=split, seed=seed,
+                          progress=False)
+    synthetic = os.path.join(data_root, "synthetic")
+    generate_dataset(synthetic, images_per_type=synthetic_per_type, seed=1000 + seed,
+                     progress=False)
+    convert_sartorius(synthetic, synthetic, split=(3 * synthetic_per_type, 0, 0), progress=False)
+
+
 def schedule(iters: int) -> list:
     steps = f"({int(iters * 0.8)}, {int(iters * 0.95)})" if iters >= 20 else "()"
     return ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", steps,
@@ -105,20 +119,11 @@ def main(argv=None):
         shutil.rmtree(out)
     os.makedirs(out)
     try:
-        split = [float(v) for v in args.split.split(",")]
-        if args.data.lower().endswith(".json"):
-            convert_coco(args.data, os.path.join(data_root, "real"), split=split, seed=args.seed)
-        else:
-            convert_sartorius(args.data, os.path.join(data_root, "real"), split=split,
-                              seed=args.seed, progress=False)
+        prepare_data(args.data, data_root, [float(v) for v in args.split.split(",")], args.seed,
+                     args.synthetic_per_type)
     except (ConversionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    synthetic = os.path.join(data_root, "synthetic")
-    generate_dataset(synthetic, images_per_type=args.synthetic_per_type, seed=1000 + args.seed,
-                     progress=False)
-    convert_sartorius(synthetic, synthetic, split=(3 * args.synthetic_per_type, 0, 0),
-                      progress=False)
     print(f"[{time.time() - start:5.0f} s] data: {args.data} -> {data_root}/real, "
           f"{3 * args.synthetic_per_type} synthetic images")
 
