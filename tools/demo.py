@@ -52,7 +52,7 @@ def main(argv=None):
     p.add_argument("--images-per-type", type=int, default=8)
     p.add_argument("--iters", type=int, default=120, help="training iterations (default 120)")
     p.add_argument("--output", default="output/demo")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="data and training seed")
     args = p.parse_args(argv)
     root = os.path.join(datasets_root(), "synthetic")
     out = args.output
@@ -69,7 +69,7 @@ def main(argv=None):
     train_opts = ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.STEPS", f"({int(args.iters * 0.8)},)",
                   "SOLVER.WARMUP_ITERS", str(min(50, args.iters // 3)),
                   "SOLVER.CHECKPOINT_PERIOD", str(args.iters), "TEST.EVAL_PERIOD", str(args.iters // 2),
-                  "OUTPUT_DIR", out]
+                  "SEED", str(args.seed), "OUTPUT_DIR", out]
     run("[2/5] train + evaluate YOLACT R18 (CPU)",
         [os.path.join(TOOLS, "train_net.py"), "--config-file", CONFIG, *train_opts])
     weights = os.path.join(out, "model_final.pth")
