@@ -10,8 +10,9 @@ from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 
 import cellseg_d2  # noqa: F401
 from cellseg_d2 import add_yolact_config
-from cellseg_d2.modeling.inference import fast_nms, paste_masks
+from cellseg_d2.modeling.inference import fast_nms
 from cellseg_d2.modeling.loss import mask_loss, ohem_class_loss
+from cellseg_d2.modeling.masks import paste_masks
 from cellseg_d2.modeling.matching import match_anchors
 
 
@@ -220,7 +221,9 @@ def test_paste_masks_equals_dense_upsample_and_crop():
     boxes = torch.cat([xy, xy + 5 + torch.rand(20, 2, generator=g) * 40], 1)
     boxes[:, 2].clamp_(max=180)
     boxes[:, 3].clamp_(max=135)
-    pasted = paste_masks(proto, coefs, boxes, input_hw, output_hw, stride=4)
+    image_proto = proto[:, :math.ceil(input_hw[0] / 4), :math.ceil(input_hw[1] / 4)]
+    pasted = paste_masks(image_proto, coefs, boxes, output_hw,
+                         (4 * output_hw[0] / input_hw[0], 4 * output_hw[1] / input_hw[1]))
     dense = upsample_probabilities(proto, coefs, input_hw, output_hw, stride=4) > 0.5
     for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         inside = torch.zeros(output_hw, dtype=torch.bool)

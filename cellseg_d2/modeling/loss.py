@@ -3,6 +3,8 @@ the semantic-segmentation auxiliary loss."""
 import torch
 import torch.nn.functional as F
 
+from .masks import assemble_masks
+
 
 def ohem_class_loss(logits, labels, negpos_ratio: int):
     """Softmax cross entropy over positives and the hardest ``negpos_ratio`` x positives
@@ -54,7 +56,7 @@ def mask_loss(proto, coefs, gt_masks, gt_boxes, stride: float, margin: float = 1
     proto (k, h, w); coefs (n, k); gt_masks (n, h, w) coverage fractions at prototype
     resolution; gt_boxes (n, 4) in input pixels. Returns the sum over instances.
     """
-    logits = torch.einsum("khw,nk->nhw", proto, coefs)
+    logits = assemble_masks(proto, coefs)
     boxes = gt_boxes / stride + torch.tensor([-margin, -margin, margin, margin],
                                              dtype=gt_boxes.dtype, device=gt_boxes.device)
     region = box_region(boxes, *proto.shape[1:]).to(logits.dtype)

@@ -1,6 +1,7 @@
 """YOLACT (Bolya et al., ICCV 2019) as a Detectron2 meta-architecture."""
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +13,9 @@ from detectron2.structures import BitMasks, Boxes, ImageList, Instances, Polygon
 from torch import nn
 
 from .head import YolactHead
-from .inference import fast_nms, paste_masks
+from .inference import fast_nms
 from .loss import box_loss, mask_loss, ohem_class_loss, semantic_loss
+from .masks import paste_masks
 from .matching import match_anchors
 from .protonet import ProtoNet
 
@@ -209,16 +211,19 @@ class Yolact(nn.Module):
                                                   self.topk_candidates, self.max_detections)
         with self._stage("postprocess"):
             out_h, out_w = int(output_size[0]), int(output_size[1])
+            scale_y, scale_x = out_h / image_size[0], out_w / image_size[1]
             boxes = Boxes(boxes.tensor[keep])
-            boxes.scale(out_w / image_size[1], out_h / image_size[0])
+            boxes.scale(scale_x, scale_y)
             boxes.clip((out_h, out_w))
             result = Instances((out_h, out_w))
             result.pred_boxes = boxes
             result.scores = kept_scores
             result.pred_classes = classes
         with self._stage("masks"):
-            result.pred_masks = paste_masks(proto, coefs[candidates][keep], boxes.tensor,
-                                            image_size, (out_h, out_w), self.proto_stride,
+            s = self.proto_stride  # prototypes of the image, without the batch's padding:
+            image_proto = proto[:, :math.ceil(image_size[0] / s), :math.ceil(image_size[1] / s)]
+            result.pred_masks = paste_masks(image_proto, coefs[candidates][keep], boxes.tensor,
+                                            (out_h, out_w), (s * scale_y, s * scale_x),
                                             self.mask_thresh)
         return result
 

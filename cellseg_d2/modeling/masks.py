@@ -1,0 +1,51 @@
+"""The YOLACT mask: a linear combination of prototypes, one set of coefficients per instance."""
+import torch
+import torch.nn.functional as F
+
+from ..box_windows import box_windows
+
+
+def assemble_masks(proto, coefs):
+    """Mask logits (n, h, w) = coefficients (n, k) x prototypes (k, h, w); the loss takes them
+    as they are, inference through a sigmoid."""
+    return torch.einsum("khw,nk->nhw", proto, coefs)
+
+
+def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 0.5,
+                chunk: int = 128):
+    """Each instance's mask probabilities, sampled bilinearly (``F.grid_sample``,
+    align_corners=False, as Detectron2 pastes masks) at the output pixels inside its box, as a
+    bool (n, H, W) tensor.
+
+    proto (k, h, w): prototypes of the image region only (no padding); coefs (n, k); boxes (n, 4)
+    in output pixels; proto_pixel: (height, width) of a prototype pixel in output pixels.
+    Instances go in chunks of similar box size, each sampling a (chunk, box_h, box_w) grid, so
+    memory and time follow the boxes' area, never n x H x W floats.
+    """
+    out_h, out_w = output_hw
+    n = coefs.shape[0]
+    masks = torch.zeros((n, out_h, out_w), dtype=torch.bool, device=coefs.device)
+    if n == 0:
+        return masks
+    windows = box_windows(boxes, out_h, out_w)
+    sizes = windows[:, 2:] - windows[:, :2]  # (w, h)
+    # Output pixel centre -> grid_sample's [-1, 1] over the prototypes.
+    to_grid = torch.tensor([2 / (proto_pixel[1] * proto.shape[2]),
+                            2 / (proto_pixel[0] * proto.shape[1])], device=coefs.device)
+    windows_l, sizes_l = windows.tolist(), sizes.tolist()
+    for idx in sizes.prod(dim=1).argsort().split(chunk):
+        wmax, hmax = sizes[idx].max(dim=0).values.tolist()
+        if hmax == 0 or wmax == 0:
+            continue
+        probs = torch.sigmoid(assemble_masks(proto, coefs[idx]))[:, None]
+        xs = windows[idx, 0, None] + torch.arange(wmax, device=coefs.device) + 0.5
+        ys = windows[idx, 1, None] + torch.arange(hmax, device=coefs.device) + 0.5
+        grid = torch.stack([(xs * to_grid[0] - 1)[:, None, :].expand(-1, hmax, -1),
+                            (ys * to_grid[1] - 1)[:, :, None].expand(-1, -1, wmax)], dim=-1)
+        sampled = F.grid_sample(probs, grid, mode="bilinear", padding_mode="border",
+                                align_corners=False)[:, 0] > threshold
+        for j, i in enumerate(idx.tolist()):
+            (x0, y0, _, _), (w, h) = windows_l[i], sizes_l[i]
+            if h and w:
+                masks[i, y0:y0 + h, x0:x0 + w] = sampled[j, :h, :w]
+    return masks
