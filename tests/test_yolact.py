@@ -13,7 +13,7 @@ from cellseg_d2 import add_yolact_config
 from cellseg_d2.modeling.inference import fast_nms
 from cellseg_d2.modeling.loss import mask_loss, ohem_class_loss
 from cellseg_d2.modeling.masks import paste_masks
-from cellseg_d2.modeling.matching import match_anchors
+from cellseg_d2.modeling.targets import coverage, match_anchors
 
 
 def tiny_cfg(**overrides):
@@ -94,37 +94,17 @@ def test_up_to_1000_detections_per_image():
 
 
 def brute_force_match(gt, anchors, pos, neg):
+    """YOLACT matching from the full IoU matrix (the reference for the grid search)."""
     iou = pairwise_iou(gt, anchors)
-    label = torch.full((len(anchors),), -1)
     best_iou, best_gt = iou.max(0)
-    for a in range(len(anchors)):
-        if best_iou[a] >= pos:
-            label[a] = 1
-        elif best_iou[a] < neg:
-            label[a] = 0
-    for g in range(len(gt)):
+    label = torch.full((len(anchors),), -1)
+    label[best_iou >= pos] = 1
+    label[best_iou < neg] = 0
+    for g in range(len(gt)):  # forced matches in ground-truth order: the later one wins
         a = int(iou[g].argmax())
         best_gt[a] = g
         label[a] = 1
     return best_gt, label
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_matching_equals_brute_force(seed):
-    g = torch.Generator().manual_seed(seed)
-    def rand_boxes(n, lo, hi):
-        xy = torch.rand(n, 2, generator=g) * 100
-        return Boxes(torch.cat([xy, xy + lo + torch.rand(n, 2, generator=g) * (hi - lo)], 1))
-    anchors = rand_boxes(400, 5, 30)
-    gt = rand_boxes(60, 5, 30)
-    gt.tensor[5] = gt.tensor[4]  # duplicate ground truth: shares its best anchor
-    expected_idx, expected_label = brute_force_match(gt, anchors, 0.5, 0.4)
-    idx, label = match_anchors(gt, anchors, 0.5, 0.4, chunk_elems=1000)  # several chunks
-    assert torch.equal(label, expected_label)
-    assert torch.equal(idx[label == 1], expected_idx[label == 1])
-    empty_idx, empty_label = match_anchors(Boxes(torch.zeros(0, 4)), anchors, 0.5, 0.4)
-    assert (empty_label == 0).all()
-
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -140,17 +120,18 @@ def test_grid_matching_equals_dense_on_real_anchor_layout(seed):
     xy = torch.rand(800, 2, generator=g) * torch.tensor([724.0, 540.0]) - 10
     gt = Boxes(torch.cat([xy, xy + 3 + torch.rand(800, 2, generator=g) * 80], 1))
     gt.tensor[7] = gt.tensor[3]
-    expected_idx, expected_label = match_anchors(gt, anchors, 0.5, 0.4)
-    idx, label = match_anchors(gt, anchors, 0.5, 0.4, grid=grid)
+    expected_idx, expected_label = brute_force_match(gt, anchors, 0.5, 0.4)
+    idx, label = match_anchors(gt, anchors, 0.5, 0.4, grid)
     assert (label == 1).sum() > 800
     assert torch.equal(label, expected_label)
     assert torch.equal(idx[label != 0], expected_idx[label != 0])
+    empty_idx, empty_label = match_anchors(Boxes(torch.zeros(0, 4)), anchors, 0.5, 0.4, grid)
+    assert (empty_label == 0).all()
 
 
 def test_gt_mask_targets_are_coverage_fractions():
     """Training targets at prototype / semantic stride equal area downsampling of the masks
     (soft edges), zero-padded to the batch size, including cells cut by the image edge."""
-    model = build_model(tiny_cfg())
     g = torch.Generator().manual_seed(0)
     masks = torch.zeros(6, 517, 701, dtype=torch.bool)
     boxes = []
@@ -165,7 +146,7 @@ def test_gt_mask_targets_are_coverage_fractions():
     inst.gt_masks = BitMasks(masks)
     inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
     for stride in (4, 8):
-        targets = model._gt_masks(inst, (544, 704), stride)
+        targets = coverage(inst, (544, 704), stride)
         expected = F.interpolate(F.pad(masks.float(), (0, 3, 0, 27))[None],
                                  scale_factor=1 / stride, mode="area")[0]
         assert targets.shape == (6, 544 // stride, 704 // stride)
