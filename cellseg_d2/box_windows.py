@@ -8,7 +8,8 @@ def box_windows(boxes, height: int, width: int, margin: float = 0.0, stride: int
     """(n, 4) long tensor (x0, y0, x1, y1), end exclusive, in units of ``stride`` pixels: the
     cells of a stride grid over a (height, width) image that XYXY ``boxes`` (pixels) grown by
     ``margin`` pixels touch, clipped to the image."""
-    b = torch.as_tensor(boxes).detach().float()
+    b = torch.as_tensor(boxes).detach()
+    b = b if b.is_floating_point() else b.float()
     lo = ((b[:, :2] - margin) / stride).floor()
     hi = ((b[:, 2:] + margin) / stride).ceil()
     limit = b.new_tensor([math.ceil(width / stride), math.ceil(height / stride)])

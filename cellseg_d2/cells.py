@@ -9,6 +9,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from .box_windows import box_windows
+
 
 @dataclass
 class Cell:
@@ -46,11 +48,11 @@ def box_crops(masks: np.ndarray, boxes: np.ndarray, indices, margin: int = 2):
     put every pixel; a mask reaching the edge of that window is yielded whole. Nothing is done
     per pixel of the (n, H, W) stack, so the cost follows the boxes, not n x H x W."""
     _, height, width = masks.shape
+    windows = box_windows(boxes, height, width, margin).tolist()
     for i in indices:
-        x0, y0 = (max(int(np.floor(v)) - margin, 0) for v in boxes[i, :2])
-        x0, y0 = min(x0, width - 1), min(y0, height - 1)
-        x1 = min(max(int(np.ceil(boxes[i, 2])) + margin, x0 + 1), width)
-        y1 = min(max(int(np.ceil(boxes[i, 3])) + margin, y0 + 1), height)
+        x0, y0, x1, y1 = windows[i]
+        x0, y0 = min(x0, width - 1), min(y0, height - 1)  # at least one pixel
+        x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
         crop = masks[i, y0:y1, x0:x1]
         if ((y0 > 0 and crop[0].any()) or (y1 < height and crop[-1].any())
                 or (x0 > 0 and crop[:, 0].any()) or (x1 < width and crop[:, -1].any())):

@@ -17,11 +17,11 @@ from cellseg_d2.cells import Cell, coco_rle, kaggle_rle, paint_labels, polygons
 from cellseg_d2.config import add_yolact_config
 from cellseg_d2.data.rle import rle_encode
 from cellseg_d2.data.synthetic import synthesize_mosaic
-from cellseg_d2.evaluation import remove_overlaps
 from cellseg_d2.outputs import write_label_tiff, write_rois
 from cellseg_d2.tiling import CellSegmenter, tile_starts
 
 from .conftest import CONFIG, TINY, tool
+from .test_evaluation import remove_overlaps
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(3000, 520, 130), (521, 520, 130),

@@ -9,18 +9,17 @@ pasting masks at full resolution) is what a model that finds every cell would do
 without trained weights. Each (model, N) runs in its own process so its peak RSS is its own.
 
 Reports images/s (median over --repeats after --warmup), peak RSS (CPU) or peak CUDA memory,
-YOLACT's stage breakdown, the YOLACT / Mask R-CNN ratios, and the cost of evaluation
-(COCOEvaluator + Kaggle metric) with 1000 detections per image. Table on stdout, JSON to --json.
+YOLACT's stage breakdown (its torch.profiler ranges, one profiled pass after the timed runs),
+the YOLACT / Mask R-CNN ratios, and the cost of evaluation per image at --eval-dets detections
+(tools/benchmark_eval.py). Table on stdout, JSON to --json.
 
---train-step measures YOLACT training iterations instead (2 images each, fresh synthetic
-images of all three types, the Trainer's own loader, model and optimizer), side by side with
-glibc's default malloc and with cellseg_d2.utils.keep_freed_memory (what tools/train_net.py
-does), each with DATALOADER.NUM_WORKERS 0 and 1.
+--train-step measures YOLACT training iterations instead (tools/benchmark_train.py: 2 images
+each, the Trainer's own loader, model and optimizer, with and without
+cellseg_d2.utils.keep_freed_memory, 0 and 1 loader workers); --whole-well, tools/predict.py
+on square mosaics (tools/benchmark_whole_well.py).
 """
 import argparse
-import functools
 import json
-import math
 import os
 import platform
 import resource
@@ -124,160 +123,6 @@ def worker(args) -> dict:
     return out
 
 
-def eval_cost(args) -> dict:
-    """Evaluation time per image at N detections (N in --eval-dets), Detectron2's path
-    (pycocotools: COCOeval_opt at 100, COCOevalMaxDets beyond; Kaggle metric on dense masks)
-    against this project's (faster-coco-eval; box-local Kaggle metric), same outputs, one run;
-    with the largest difference between their numbers."""
-    import tempfile
-
-    from detectron2.data import DatasetCatalog
-
-    import cellseg_d2  # noqa: F401
-    from cellseg_d2.data.mapper import CellDatasetMapper
-    from cellseg_d2.data.sartorius import convert_sartorius
-    from cellseg_d2.data.synthetic import generate_dataset
-    from cellseg_d2.engine import build_cell_evaluator
-    from cellseg_d2.setup_cfg import load_cfg
-
-    torch.set_num_threads(args.threads)
-    rows = []
-    with tempfile.TemporaryDirectory() as root:
-        data = os.path.join(root, "synthetic")
-        generate_dataset(data, images_per_type=args.eval_images, cell_types=("shsy5y",),
-                         seed=1, progress=False)
-        convert_sartorius(data, data, split=(0, args.eval_images, 0), progress=False)
-        os.environ["CELLSEG_DATASETS"] = root
-        records = DatasetCatalog.get("synthetic_val")
-        for n in [int(v) for v in args.eval_dets.split(",")]:
-            print(f"  evaluation at {n} detections/image ...", file=sys.stderr, flush=True)
-            # Every detection counts for the Kaggle metric too (worst case: n overlapping masks).
-            cfg = load_cfg(args.yolact_config, ["MODEL.YOLACT.SCORE_THRESH_TEST", "0.0",
-                                                "TEST.INSTANCE_SCORE_THRESH", "-1.0",
-                                                "TEST.DETECTIONS_PER_IMAGE", str(n),
-                                                "MODEL.DEVICE", args.device])
-            _, model = build("yolact", args.yolact_config, args.yolact_weights, n, args.device)
-            mapper = CellDatasetMapper(cfg, is_train=False)
-            with torch.no_grad():
-                outputs = [(r, model([mapper(r)])[0]) for r in records]
-            row = {"detections_per_image": int(np.mean([len(o["instances"]) for _, o in outputs])),
-                   "gt_cells_per_image": int(np.mean([len(r["annotations"]) for r in records])),
-                   "images": len(outputs)}
-            found = {}
-            for path in ("detectron2", "cellseg_d2"):
-                coco, kaggle = build_cell_evaluator(
-                    cfg, "synthetic_val", os.path.join(root, f"eval_{n}_{path}"))._evaluators
-                coco._use_faster = path == "cellseg_d2"
-                if path == "detectron2":
-                    kaggle.process = functools.partial(kaggle_dense_process, kaggle)
-                for name, ev in (("coco", coco), ("kaggle", kaggle)):
-                    ev.reset()
-                    t = time.perf_counter()
-                    for r, o in outputs:
-                        ev.process([{"image_id": r["image_id"], "file_name": r["file_name"],
-                                     "height": r["height"], "width": r["width"]}], [o])
-                    found[(path, name)] = ev.evaluate()
-                    row[f"{path}_{name}_s_per_image"] = (time.perf_counter() - t) / len(outputs)
-            row["max_abs_difference"] = max(
-                abs(a - b) for name in ("coco", "kaggle")
-                for a, b in zip(_flat(found[("detectron2", name)]), _flat(found[("cellseg_d2", name)]))
-                if not (math.isnan(a) and math.isnan(b)))
-            rows.append(row)
-    return {"rows": rows}
-
-
-def _flat(results: dict) -> list:
-    return [v for task in sorted(results) for _, v in sorted(results[task].items())]
-
-
-def kaggle_dense_process(self, inputs, outputs):
-    """KaggleMetricEvaluator.process as it was before box-local cells: overlaps removed and
-    masks encoded from the dense (n, H, W) stack."""
-    from cellseg_d2.data.mapper import annotation_rles
-    from cellseg_d2.evaluation.box_rle import encode_instance_masks
-    from cellseg_d2.evaluation.kaggle_metric import remove_overlaps, rle_score
-
-    for inp, out in zip(inputs, outputs):
-        record = self._gt[inp["image_id"]]
-        anns = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
-        gt_rles = annotation_rles(anns, record["height"], record["width"])
-        gt_classes = np.array([a["category_id"] for a in anns], dtype=np.int64)
-        inst = out["instances"].to("cpu")
-        inst = inst[inst.scores > self._score_thresh]
-        boxes = inst.pred_boxes.tensor
-        masks, keep = remove_overlaps(inst.pred_masks, inst.scores.numpy(), boxes)
-        pred_rles = encode_instance_masks(masks, boxes[torch.from_numpy(keep)])
-        classes = inst.pred_classes.numpy()[keep]
-        per_class = {int(c): rle_score([r for r, g in zip(gt_rles, gt_classes) if g == c],
-                                       [r for r, k in zip(pred_rles, classes) if k == c])
-                     for c in np.unique(gt_classes)}
-        self._scores.append((inp["image_id"], rle_score(gt_rles, pred_rles), per_class))
-
-
-def train_step_worker(args) -> dict:
-    """Median training iteration (data + forward + backward + step) for one setting."""
-    if args.malloc == "kept":
-        from cellseg_d2.utils import keep_freed_memory
-
-        if not keep_freed_memory():
-            raise SystemExit("error: --train-step needs glibc malloc (Linux)")
-    torch.set_num_threads(args.threads)
-    from detectron2.modeling import build_model
-
-    import cellseg_d2  # noqa: F401
-    from cellseg_d2.engine import Trainer
-    from cellseg_d2.setup_cfg import load_cfg
-
-    cfg = load_cfg(args.yolact_config, ["DATASETS.TRAIN", "('synthetic_train',)",
-                                        "DATALOADER.NUM_WORKERS", str(args.workers),
-                                        "SOLVER.IMS_PER_BATCH", "2", "MODEL.DEVICE", args.device])
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    optimizer = Trainer.build_optimizer(cfg, model)
-    loader = iter(Trainer.build_train_loader(cfg))
-    steps, data = [], []
-    for r in range(args.warmup + args.repeats):
-        t = time.perf_counter()
-        batch = next(loader)
-        t_data = time.perf_counter()
-        losses = model(batch)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-        if r >= args.warmup:
-            steps.append(time.perf_counter() - t)
-            data.append(t_data - t)
-    return {"malloc": args.malloc, "workers": args.workers, "median_s": statistics.median(steps),
-            "median_data_s": statistics.median(data),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def train_step(args) -> dict:
-    import tempfile
-
-    from cellseg_d2.data.sartorius import convert_sartorius
-    from cellseg_d2.data.synthetic import generate_dataset
-
-    rows = []
-    with tempfile.TemporaryDirectory() as root:
-        data = os.path.join(root, "synthetic")
-        generate_dataset(data, images_per_type=4, seed=2, progress=False)
-        convert_sartorius(data, data, split=(12, 0, 0), progress=False)
-        env = dict(os.environ, CELLSEG_DATASETS=root)
-        for workers in (0, 1):
-            for malloc in ("default", "kept"):
-                print(f"measuring training steps: malloc {malloc}, {workers} loader workers ...",
-                      file=sys.stderr, flush=True)
-                rows.append(run_subprocess(args, ["--model", "train", "--malloc", malloc,
-                                                  "--workers", str(workers)], env))
-    base = next(r for r in rows if r["malloc"] == "default" and r["workers"] == 1)
-    for r in rows:
-        r["speedup"] = base["median_s"] / r["median_s"]
-    return {"machine": machine(), "device": args.device, "threads": args.threads,
-            "repeats": args.repeats, "warmup": args.warmup, "config": args.yolact_config,
-            "train_step": rows}
-
-
 def run_subprocess(args, extra, env=None) -> dict:
     cmd = [sys.executable, __file__, "--worker", *extra]
     for k in ("threads", "repeats", "warmup", "images", "device", "yolact_config",
@@ -344,10 +189,17 @@ def main(argv=None):
     if args.eval_only and args.skip_eval:
         p.error("--eval-only and --skip-eval leave nothing to measure")
     if args.worker:
-        print(json.dumps(train_step_worker(args) if args.model == "train" else worker(args)))
+        if args.model == "train":
+            import benchmark_train
+
+            print(json.dumps(benchmark_train.train_step_worker(args)))
+        else:
+            print(json.dumps(worker(args)))
         return 0
     if args.train_step:
-        return report_train_step(args)
+        import benchmark_train
+
+        return benchmark_train.report_train_step(args)
     if args.whole_well:
         return report_whole_well(args)
     args.json = args.json or "output/benchmark.json"
@@ -382,17 +234,9 @@ def main(argv=None):
             print(f"{r['cells']:>6} " + " ".join(f"{r['stages_s'].get(s, 0) * 1000:>13.1f}"
                                                  for s in stages))
     if not args.skip_eval:
-        print("\nmeasuring evaluation cost ...", file=sys.stderr, flush=True)
-        report["evaluation"] = eval_cost(args)
-        print(f"\nEvaluation, seconds per image (shsy5y images, ~"
-              f"{report['evaluation']['rows'][0]['gt_cells_per_image']} cells each), one run:")
-        print(f"{'dets':>6} {'COCO d2':>8} {'COCO ours':>10} {'speed-up':>9} {'Kaggle dense':>13} "
-              f"{'Kaggle ours':>12} {'speed-up':>9} {'max |diff|':>11}")
-        for e in report["evaluation"]["rows"]:
-            c0, c1 = e["detectron2_coco_s_per_image"], e["cellseg_d2_coco_s_per_image"]
-            k0, k1 = e["detectron2_kaggle_s_per_image"], e["cellseg_d2_kaggle_s_per_image"]
-            print(f"{e['detections_per_image']:>6} {c0:>8.3f} {c1:>10.3f} {c0 / c1:>8.1f}x "
-                  f"{k0:>13.3f} {k1:>12.3f} {k0 / k1:>8.1f}x {e['max_abs_difference']:>11.2g}")
+        import benchmark_eval
+
+        report["evaluation"] = benchmark_eval.report(args)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     from cellseg_d2.utils import write_json
 
@@ -412,24 +256,6 @@ def report_whole_well(args) -> int:
     report = benchmark_whole_well.report(args)
     report.update({"machine": machine(), "config": args.config, "weights": args.weights})
     path = args.json or "output/benchmark_whole_well.json"
-    write_json(path, report)
-    print(f"\nJSON: {path}")
-    return 0
-
-
-def report_train_step(args) -> int:
-    from cellseg_d2.utils import write_json
-
-    report = train_step(args)
-    print(f"\n{report['machine']}; device {args.device}; {args.threads} threads; "
-          f"{os.path.basename(args.yolact_config)}; median of {args.repeats} iterations "
-          f"(2 images) after {args.warmup} warm-up\n")
-    print(f"{'malloc':>8} {'workers':>8} {'s/it':>6} {'data s':>7} {'peak RSS MB':>12} "
-          f"{'vs default, 1 worker':>21}")
-    for r in report["train_step"]:
-        print(f"{r['malloc']:>8} {r['workers']:>8} {r['median_s']:>6.2f} "
-              f"{r['median_data_s']:>7.2f} {r['peak_rss_mb']:>12.0f} {r['speedup']:>20.2f}x")
-    path = args.json or "output/benchmark_train.json"
     write_json(path, report)
     print(f"\nJSON: {path}")
     return 0

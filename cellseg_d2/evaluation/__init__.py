@@ -1,4 +1,4 @@
-from .kaggle_metric import KaggleMetricEvaluator, remove_overlaps
+from .kaggle_metric import KaggleMetricEvaluator
 from .per_class import CellCOCOEvaluator, per_class_metrics
 
-__all__ = ["CellCOCOEvaluator", "KaggleMetricEvaluator", "per_class_metrics", "remove_overlaps"]
+__all__ = ["CellCOCOEvaluator", "KaggleMetricEvaluator", "per_class_metrics"]

@@ -12,7 +12,6 @@ from collections import defaultdict
 
 import numpy as np
 import pycocotools.mask as mask_util
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
@@ -21,37 +20,6 @@ from ..cells import cells_from_instances, coco_rle, paint_labels
 from ..data.mapper import annotation_rles
 
 THRESHOLDS = np.arange(0.5, 0.96, 0.05)
-
-
-def remove_overlaps(masks, scores, boxes=None):
-    """Make masks non-overlapping: each pixel goes to the highest-scored mask covering it;
-    masks left empty are dropped. masks (n, H, W) bool; boxes (n, 4) XYXY, when given, limit
-    the work to each mask's box (masks must lie inside their boxes, as predicted masks do).
-    Returns (kept masks in score order as a bool tensor, their indices into the input)."""
-    masks = torch.as_tensor(masks).bool()
-    n = len(masks)
-    if n == 0:
-        return masks, np.zeros(0, dtype=np.int64)
-    height, width = masks.shape[1:]
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    if boxes is None:
-        regions = [(0, 0, width, height)] * n
-    else:
-        b = torch.as_tensor(boxes).float().cpu()
-        regions = list(zip((b[:, 0].floor() - 1).clamp(0, width).long().tolist(),
-                           (b[:, 1].floor() - 1).clamp(0, height).long().tolist(),
-                           (b[:, 2].ceil() + 1).clamp(0, width).long().tolist(),
-                           (b[:, 3].ceil() + 1).clamp(0, height).long().tolist()))
-    taken = torch.zeros((height, width), dtype=torch.bool)
-    out = masks[order].clone()
-    keep = np.zeros(n, dtype=bool)
-    for j, i in enumerate(order.tolist()):
-        x0, y0, x1, y1 = regions[i]
-        m = out[j, y0:y1, x0:x1]
-        m &= ~taken[y0:y1, x0:x1]
-        taken[y0:y1, x0:x1] |= m
-        keep[j] = bool(m.any())
-    return out[torch.from_numpy(keep)], order[keep]
 
 
 def rle_score(gt_rles: list, pred_rles: list) -> float:
