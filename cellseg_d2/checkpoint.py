@@ -8,9 +8,12 @@ checkpoint of another architecture silently leaves the model at random weights. 
 - a backbone-only checkpoint (ImageNet weights): every tensor of the ResNet trunk must load,
   the FPN and heads start from their initialisation.
 """
+import os
+import urllib.error
+
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .setup_cfg import SetupError
+from .config import SetupError
 
 TRUNK = "backbone.bottom_up."
 # Layers whose output size is a function of the number of classes.
@@ -81,3 +84,25 @@ class FittingCheckpointer(DetectionCheckpointer):
     def load(self, path, *args, **kwargs):
         self._loading = path
         return super().load(path, *args, **kwargs)
+
+
+def check_weights(path: str) -> None:
+    """Fail early with one line if a local checkpoint is missing."""
+    if not path:
+        return
+    if "://" in path:
+        return
+    if not os.path.isfile(path):
+        raise SetupError(f"{path}: checkpoint not found (MODEL.WEIGHTS / --weights)")
+
+
+def load_weights(checkpointer, path: str, resume: bool = False):
+    """DetectionCheckpointer.resume_or_load with a clear message when a URL is unreachable."""
+    try:
+        return checkpointer.resume_or_load(path, resume=resume)
+    except (urllib.error.URLError, OSError, ConnectionError) as e:
+        if "://" in (path or ""):
+            raise SetupError(f"{path}: cannot download pretrained weights ({e}); download it "
+                             f"elsewhere and pass a local file as MODEL.WEIGHTS, or set "
+                             f"MODEL.WEIGHTS '' to train from random initialisation") from None
+        raise

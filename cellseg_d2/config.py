@@ -1,5 +1,12 @@
-"""YOLACT configuration: ``add_yolact_config(cfg)`` adds ``cfg.MODEL.YOLACT``."""
+"""Configuration: ``add_yolact_config(cfg)`` adds this project's keys (``cfg.MODEL.YOLACT``
+and a few more); ``load_cfg`` loads a config file with one-line errors for the usual
+mistakes; ``apply_epochs`` turns SOLVER.EPOCHS into iterations."""
+import math
+import os
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 OPTIMIZERS = ("SGD", "AdamW")  # SOLVER.OPTIMIZER; see engine.Trainer.build_optimizer
 
@@ -69,3 +76,54 @@ def add_yolact_config(cfg):
     cfg.TEST.TILE.SIZE = 0  # tile side in network pixels; 0: INPUT.MIN_SIZE_TEST
     # Overlap of neighbouring tiles in network pixels, to exceed the largest cell; -1: SIZE // 4.
     cfg.TEST.TILE.OVERLAP = -1
+
+
+class SetupError(ValueError):
+    pass
+
+
+def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None):
+    if not os.path.isfile(config_file):
+        raise SetupError(f"{config_file}: config file not found")
+    cfg = get_cfg()
+    add_yolact_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError) as e:
+        # yacs: KeyError "Non-existent config key: X" (file), AssertionError "Non-existent key: X"
+        msg = str(e.args[0] if e.args else e)
+        if "Non-existent" not in msg:
+            raise SetupError(f"{config_file}: bad config: {msg}") from None
+        raise SetupError(f"{config_file}: unknown config key {msg.split(':')[-1].strip()}") from None
+    except ValueError as e:
+        raise SetupError(f"{config_file}: bad config value: {e}") from None
+    if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
+        names = " or ".join(repr(o) for o in OPTIMIZERS)
+        raise SetupError(f"{config_file}: SOLVER.OPTIMIZER must be {names}, "
+                         f"got {cfg.SOLVER.OPTIMIZER!r}")
+    if weights is not None:
+        cfg.MODEL.WEIGHTS = weights
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    elif cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def apply_epochs(cfg) -> int:
+    """Set SOLVER.MAX_ITER / STEPS / CHECKPOINT_PERIOD and TEST.EVAL_PERIOD from SOLVER.EPOCHS
+    and the number of training images; returns the iterations per epoch (0 if unused)."""
+    if cfg.SOLVER.EPOCHS <= 0:
+        return 0
+    from detectron2.data import DatasetCatalog
+
+    images = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
+    per_epoch = max(1, math.ceil(images / cfg.SOLVER.IMS_PER_BATCH))
+    cfg.SOLVER.MAX_ITER = max(1, round(cfg.SOLVER.EPOCHS * per_epoch))
+    cfg.SOLVER.STEPS = tuple(int(f * cfg.SOLVER.MAX_ITER) for f in cfg.SOLVER.STEP_FRACTIONS)
+    cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER // 4)
+    cfg.SOLVER.CHECKPOINT_PERIOD = min(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER)
+    if cfg.TEST.EVAL_PERIOD_EPOCHS > 0:
+        cfg.TEST.EVAL_PERIOD = max(1, round(cfg.TEST.EVAL_PERIOD_EPOCHS * per_epoch))
+    return per_epoch

@@ -15,7 +15,6 @@ from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from .checkpoint import FittingCheckpointer
-from .config import OPTIMIZERS
 from .data.mapper import CellDatasetMapper
 from .evaluation import CellCOCOEvaluator, KaggleMetricEvaluator
 
@@ -71,9 +70,7 @@ class Trainer(DefaultTrainer):
         from random initialisation in far fewer iterations, which the CPU configs need."""
         if cfg.SOLVER.OPTIMIZER == "SGD":
             return build_optimizer(cfg, model)
-        if cfg.SOLVER.OPTIMIZER != "AdamW":
-            raise ValueError(f"SOLVER.OPTIMIZER must be one of {OPTIMIZERS}, "
-                             f"got {cfg.SOLVER.OPTIMIZER!r}")
+        # "AdamW": the only other name config.load_cfg accepts.
         params = get_default_optimizer_params(
             model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,

@@ -19,7 +19,7 @@ from detectron2.data.transforms import ResizeShortestEdge, ResizeTransform
 from tqdm import tqdm
 
 from .cells import cells_from_instances
-from .setup_cfg import SetupError
+from .config import SetupError
 
 DUPLICATE_IOU = 0.5  # masks from two tiles overlapping more than this are one cell
 EDGE_MARGIN = 2  # px: a cell this close to a tile's inner edge counts as cut by it

@@ -6,8 +6,8 @@ import torch
 from detectron2.modeling import build_model
 
 import cellseg_d2  # noqa: F401
+from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.engine import Trainer
-from cellseg_d2.setup_cfg import SetupError, load_cfg
 
 from .conftest import REPO
 

@@ -73,7 +73,7 @@ def test_livecell_official_layout(tmp_path, monkeypatch):
 
 
 def test_epochs_become_iterations(tiny_synthetic, monkeypatch):
-    from cellseg_d2.setup_cfg import apply_epochs, load_cfg
+    from cellseg_d2.config import apply_epochs, load_cfg
 
     monkeypatch.setenv("CELLSEG_DATASETS", str(tiny_synthetic))
     cfg = load_cfg("configs/synthetic_R18_cpu.yaml",

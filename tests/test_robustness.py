@@ -141,7 +141,7 @@ def test_atomic_open_follows_umask(tmp_path):
 def _save_model(cfg_file, path, *opts):
     from detectron2.modeling import build_model
 
-    from cellseg_d2.setup_cfg import load_cfg
+    from cellseg_d2.config import load_cfg
 
     cfg = load_cfg(cfg_file, list(opts), device="cpu")
     torch.save({"model": build_model(cfg).state_dict()}, path)

@@ -52,7 +52,7 @@ def build(model_kind: str, config: str, weights: str, n_det: int, device: str):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    from cellseg_d2.setup_cfg import load_cfg
+    from cellseg_d2.config import load_cfg
 
     opts = ["TEST.DETECTIONS_PER_IMAGE", str(n_det), "MODEL.DEVICE", device]
     if model_kind == "yolact":

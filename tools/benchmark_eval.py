@@ -12,11 +12,11 @@ import torch
 from detectron2.data import DatasetCatalog
 
 import cellseg_d2  # noqa: F401
+from cellseg_d2.config import load_cfg
 from cellseg_d2.data.mapper import CellDatasetMapper
 from cellseg_d2.data.sartorius import convert_sartorius
 from cellseg_d2.data.synthetic import generate_dataset
 from cellseg_d2.engine import build_cell_evaluator
-from cellseg_d2.setup_cfg import load_cfg
 
 
 def eval_cost(args) -> dict:

@@ -21,8 +21,8 @@ def train_step_worker(args) -> dict:
     from detectron2.modeling import build_model
 
     import cellseg_d2  # noqa: F401
+    from cellseg_d2.config import load_cfg
     from cellseg_d2.engine import Trainer
-    from cellseg_d2.setup_cfg import load_cfg
 
     cfg = load_cfg(args.yolact_config, ["DATASETS.TRAIN", "('synthetic_train',)",
                                         "DATALOADER.NUM_WORKERS", str(args.workers),

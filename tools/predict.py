@@ -27,6 +27,8 @@ import sys
 from detectron2.data import MetadataCatalog
 
 import cellseg_d2  # noqa: F401
+from cellseg_d2.checkpoint import check_weights
+from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.data.image_io import read_image
 from cellseg_d2.predict import (
     DEFAULT_SAVE,
@@ -37,7 +39,6 @@ from cellseg_d2.predict import (
     list_images,
     predict_files,
 )
-from cellseg_d2.setup_cfg import SetupError, check_weights, load_cfg
 from cellseg_d2.tiling import CellSegmenter
 
 

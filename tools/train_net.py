@@ -19,10 +19,10 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 
 import cellseg_d2  # noqa: F401  (registers datasets and the Yolact meta-architecture)
-from cellseg_d2.checkpoint import FittingCheckpointer
+from cellseg_d2.checkpoint import FittingCheckpointer, check_weights, load_weights
+from cellseg_d2.config import SetupError, apply_epochs, load_cfg
 from cellseg_d2.data.datasets import DatasetMissingError
 from cellseg_d2.engine import Trainer
-from cellseg_d2.setup_cfg import SetupError, apply_epochs, check_weights, load_cfg, load_weights
 from cellseg_d2.utils import keep_freed_memory, write_json
 
 

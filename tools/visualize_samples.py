@@ -24,13 +24,13 @@ from tqdm import tqdm
 
 import cellseg_d2  # noqa: F401
 from cellseg_d2.cells import cells_from_instances, coco_rle, paint_labels
-from cellseg_d2.checkpoint import FittingCheckpointer
+from cellseg_d2.checkpoint import FittingCheckpointer, check_weights
+from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.data.datasets import DatasetMissingError
 from cellseg_d2.data.mapper import CellDatasetMapper, annotation_rles
 from cellseg_d2.evaluation.kaggle_metric import rle_score
 from cellseg_d2.outputs import overlay, write_image
 from cellseg_d2.predict import InputError, check_output_dir, staged_dir
-from cellseg_d2.setup_cfg import SetupError, check_weights, load_cfg
 from cellseg_d2.utils import atomic_open
 
 OUTPUTS = ("best_*.png", "worst_*.png", "scores.csv")

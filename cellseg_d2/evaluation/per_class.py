@@ -13,7 +13,7 @@ from unittest import mock
 
 import numpy as np
 from detectron2.evaluation import COCOEvaluator, coco_evaluation
-from detectron2.structures import BoxMode
+from detectron2.structures import Instances
 from detectron2.utils.logger import create_small_table
 from pycocotools.cocoeval import Params
 from tabulate import tabulate
@@ -63,21 +63,13 @@ def save_per_class(table: dict, output_dir: str, iou_type: str) -> None:
 
 def instances_to_coco_json(instances, image_id: int) -> list:
     """Detectron2's instances_to_coco_json, with masks encoded from their boxes (box_rle)."""
-    n = len(instances)
-    if n == 0:
-        return []
-    boxes = instances.pred_boxes.tensor
-    xywh = BoxMode.convert(boxes.clone(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS).tolist()
-    scores = instances.scores.tolist()
-    classes = instances.pred_classes.tolist()
-    rles = encode_instance_masks(instances.pred_masks, boxes) if instances.has("pred_masks") \
-        else [None] * n
-    results = []
-    for k in range(n):
-        r = {"image_id": image_id, "category_id": classes[k], "bbox": xywh[k], "score": scores[k]}
-        if rles[k] is not None:
-            r["segmentation"] = rles[k]
-        results.append(r)
+    fields = {k: v for k, v in instances.get_fields().items() if k != "pred_masks"}
+    results = coco_evaluation.instances_to_coco_json(
+        Instances(instances.image_size, **fields), image_id)
+    if instances.has("pred_masks"):
+        rles = encode_instance_masks(instances.pred_masks, instances.pred_boxes.tensor)
+        for r, rle in zip(results, rles):
+            r["segmentation"] = rle
     return results
 
 
