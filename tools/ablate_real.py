@@ -88,11 +88,18 @@ def run_seed(args):
         prepare_data(args.data, data_root, (26, 8, 0), 0, args.synthetic_per_type)
     common = ["SEED", args.seed]
     no_eval = ["DATASETS.TEST", "()"]
-    s_it = {}
+    done = os.path.join(out, "ablation.json")  # an interrupted run resumes from it
+    s_it, rows = {}, {}
+    if os.path.isfile(done):
+        with open(done) as f:
+            saved = json.load(f)
+        s_it, rows = saved["s_it"], saved["rows"]
     costly = [(name, "real_train", v[1]) for name, v in TRAIN_VARIANTS.items()
               if v[2] and name in args.variants]
     for name, dataset, opts in [("synthetic", "synthetic_train", []),
                                 ("real", "real_train", []), *costly]:
+        if name in s_it:
+            continue
         s_it[name] = calibrate(config, dataset, os.path.join(out, f"calibration_{name}"),
                                no_eval + common + opts, data_root)
     print(f"s/it: {s_it}", flush=True)
@@ -103,9 +110,8 @@ def run_seed(args):
                            "OUTPUT_DIR", os.path.join(out, "pretrain"), *common],
                   data_root, os.path.join(out, "pretrain.log"))
     s_it["pretrain_ran"] = seconds_per_iteration(os.path.join(out, "pretrain", "metrics.json"))
-    rows = {}
     for name, (what, opts, cost, from_pretrained) in TRAIN_VARIANTS.items():
-        if name not in args.variants and name != "recipe":
+        if (name not in args.variants and name != "recipe") or name in rows:
             continue
         iters = args.finetune_iters
         if cost:
@@ -120,15 +126,15 @@ def run_seed(args):
         rows[name] = dict(final_metrics(folder), what=what, iterations=iters,
                           s_it=seconds_per_iteration(os.path.join(folder, "metrics.json")))
         print(name, rows[name], flush=True)
-        write_json(os.path.join(out, "ablation.json"), {"s_it": s_it, "rows": rows})
+        write_json(done, {"s_it": s_it, "rows": rows})
     recipe_model = os.path.join(out, "recipe", "model_final.pth")
     for name, (what, opts) in TEST_VARIANTS.items():
-        if name not in args.variants:
+        if name not in args.variants or name in rows:
             continue
         rows[name] = dict(evaluate(config, recipe_model, opts, os.path.join(out, name),
                                    data_root), what=what, iterations=args.finetune_iters)
         print(name, rows[name], flush=True)
-        write_json(os.path.join(out, "ablation.json"), {"s_it": s_it, "rows": rows})
+        write_json(done, {"s_it": s_it, "rows": rows})
 
 
 def table(output: str) -> str:
