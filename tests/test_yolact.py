@@ -10,6 +10,7 @@ from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 
 import cellseg_d2  # noqa: F401
 from cellseg_d2 import add_yolact_config
+from cellseg_d2.box_windows import box_windows
 from cellseg_d2.modeling.inference import fast_nms
 from cellseg_d2.modeling.loss import mask_loss, ohem_class_loss
 from cellseg_d2.modeling.masks import paste_masks
@@ -261,3 +262,15 @@ def test_overfits_one_tiny_batch():
     last = np.mean([[h[k] for k in first] for h in history[-5:]], 0)
     assert all(last[i] < first[k] for i, k in enumerate(first)), (first, last)
     assert sum(last) < 0.5 * sum(first.values())
+
+
+def test_box_windows_round_out_grow_and_clip():
+    boxes = torch.tensor([[3.2, 4.0, 10.5, 9.0], [-5.0, 510.0, 20.0, 530.0], [700.0, 0.0, 704.0, 3.0]])
+    assert box_windows(boxes, 520, 704).tolist() == [[3, 4, 11, 9], [0, 510, 20, 520],
+                                                     [700, 0, 704, 3]]
+    # In stride-4 cells, the boxes grown by 1 px; the image is 176 x 130 cells.
+    assert box_windows(boxes, 520, 704, margin=1, stride=4).tolist() == [
+        [0, 0, 3, 3], [0, 127, 6, 130], [174, 0, 176, 1]]
+    # float64 boxes are rounded in float64 (float32 would make both 3.0: window [3, 3))
+    assert box_windows(np.array([[2.9999999999, 0.0, 3.0000000001, 1.0]]), 10, 10).tolist() == [
+        [2, 0, 4, 1]]
