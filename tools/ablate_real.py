@@ -38,9 +38,9 @@ TRAIN_VARIANTS = {
                      ["INPUT.TRAIN_SCALE", "(0.75, 1.25)", "INPUT.CROP.SIZE", "[384, 384]",
                       "INPUT.MIN_SIZE_TEST", "520", "INPUT.MAX_SIZE_TEST", "704"],
                      "native_scale", True),
-    "anchors_x1.5": ("anchors 1.5x larger (cells are 1.5x larger at the recipe's scale)",
-                     ["MODEL.ANCHOR_GENERATOR.SIZES",
-                      "[[18, 25], [36, 51], [72, 102], [144, 204], [288, 408]]"], None, True),
+    "anchors_1x": ("Base-YOLACT's anchors (sized for cells at the native scale)",
+                   ["MODEL.ANCHOR_GENERATOR.SIZES",
+                    "[[12, 17], [24, 34], [48, 68], [96, 136], [192, 272]]"], None, True),
 }
 # Test-time levers: the recipe's model evaluated with other settings.
 TEST_VARIANTS = {
@@ -145,7 +145,7 @@ def table(output: str) -> str:
     seeds = list(runs)
     lines = [f"| variant | iterations | {' | '.join(('segm AP',) + CLASSES + ('Kaggle',))} "
              f"| segm AP - recipe |", "|---|---:|" + "---:|" * 6]
-    for name in [n for n in (*TRAIN_VARIANTS, *TEST_VARIANTS) if n in runs[seeds[0]]]:
+    for name in runs[seeds[0]]:  # in the order they ran
         got = [runs[s][name] for s in seeds if name in runs[s]]
         cells = [" / ".join(f"{r[k]:.1f}" for r in got) for k in ("AP", *CLASSES, "kaggle")]
         delta = " / ".join(f"{r['AP'] - runs[s]['recipe']['AP']:+.1f}"
