@@ -48,8 +48,8 @@ TEST_VARIANTS = {
     "nms_0.7": ("Fast NMS IoU 0.7 instead of 0.5", ["MODEL.YOLACT.NMS_THRESH_TEST", "0.7"]),
     "test_2x": ("2x test scale instead of 1.5x",
                 ["INPUT.MIN_SIZE_TEST", "1040", "INPUT.MAX_SIZE_TEST", "1408"]),
-    "mask_thresh_0.4": ("mask threshold 0.4 instead of 0.5",
-                        ["MODEL.YOLACT.MASK_THRESH_TEST", "0.4"]),
+    "mask_thresh_0.5": ("mask threshold 0.5 instead of 0.4",
+                        ["MODEL.YOLACT.MASK_THRESH_TEST", "0.5"]),
 }
 
 
