@@ -16,7 +16,6 @@ import argparse
 import glob
 import json
 import os
-import subprocess
 import sys
 
 from train_real import CONFIGS, calibrate, prepare_data, schedule, seconds_per_iteration, train_net
@@ -65,13 +64,8 @@ def final_metrics(folder: str) -> dict:
 
 
 def evaluate(config, weights, opts, folder, data_root) -> dict:
-    env = dict(os.environ, CELLSEG_DATASETS=data_root)
-    os.makedirs(folder, exist_ok=True)
-    with open(folder + ".log", "w") as log:
-        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "train_net.py"),
-                        "--config-file", config, "--eval-only", "MODEL.WEIGHTS", weights,
-                        "OUTPUT_DIR", folder, *opts], stdout=log, stderr=subprocess.STDOUT,
-                       env=env, check=True)
+    train_net(config, ["--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", folder, *opts],
+              data_root, folder + ".log")
     with open(os.path.join(folder, "inference", "results.json")) as f:
         results = json.load(f)
     results = results.get("real_val", results)
