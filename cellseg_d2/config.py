@@ -46,6 +46,9 @@ def add_yolact_config(cfg):
     _C.NMS_THRESH_TEST = 0.5
     _C.TOPK_CANDIDATES_TEST = 2000  # per class, before Fast NMS
     _C.MASK_THRESH_TEST = 0.5
+    # Test-time augmentation: also run the image flipped ("horizontal", "vertical"; both:
+    # all 4 combinations) and average the views anchor by anchor. Costs one pass per view.
+    _C.TEST_FLIPS = []
     # Padding multiple for the input batch. P6/P7 come from P5 by strided convs, so 32 (the
     # FPN top-down path's need) is enough; the FPN's own 128 would pad 520 to 640.
     _C.SIZE_DIVISIBILITY = 32
@@ -102,6 +105,9 @@ def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None)
         names = " or ".join(repr(o) for o in OPTIMIZERS)
         raise SetupError(f"{config_file}: SOLVER.OPTIMIZER must be {names}, "
                          f"got {cfg.SOLVER.OPTIMIZER!r}")
+    if cfg.TEST.AUG.ENABLED and cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
+        raise SetupError(f"{config_file}: TEST.AUG is Detectron2's test-time augmentation for "
+                         f"Mask R-CNN; YOLACT's is MODEL.YOLACT.TEST_FLIPS")
     if weights is not None:
         cfg.MODEL.WEIGHTS = weights
     if device is not None:

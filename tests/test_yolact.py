@@ -94,6 +94,47 @@ def test_up_to_1000_detections_per_image():
     assert len(inst) == 1000
 
 
+def flip_tta_model(flips):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**{"MODEL.YOLACT.TEST_FLIPS": flips,
+                                    "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0})).eval()
+    with torch.no_grad():  # spread the scores so that the top detections are well ordered
+        model.head.cls.weight.normal_(std=0.3)
+        model.head.box.weight.normal_(std=0.05)
+        model.head.coef.weight.normal_(std=1.0)
+    return model
+
+
+def test_flip_tta_is_flip_equivariant():
+    """With horizontal and vertical flips averaged, the detections of a mirrored image are the
+    mirrored detections: same scores and classes, mirrored boxes and masks. Fails if a view's
+    maps, box deltas or prototypes are not mapped back."""
+    model = flip_tta_model("['horizontal', 'vertical']")
+    assert len(model.test_views) == 4
+    image = make_input(128, 256, 10)["image"]  # a multiple of P7's stride: no padding
+    with torch.no_grad():
+        a = model([{"image": image}])[0]["instances"][:50]
+        b = model([{"image": image.flip(2)}])[0]["instances"][:50]
+        plain = build_model(tiny_cfg(**{"MODEL.YOLACT.SCORE_THRESH_TEST": 0.0})).eval()
+        plain.load_state_dict(model.state_dict())
+        c = plain([{"image": image}])[0]["instances"][:50]
+    assert torch.allclose(a.scores, b.scores, atol=1e-5)
+    assert (a.pred_classes == b.pred_classes).all()
+    mirrored = b.pred_boxes.tensor[:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1]) + \
+        torch.tensor([256, 0, 256, 0])
+    assert torch.allclose(a.pred_boxes.tensor, mirrored, atol=1e-3)
+    b_masks = b.pred_masks.flip(2)
+    iou = (a.pred_masks & b_masks).sum((1, 2)) / (a.pred_masks | b_masks).sum((1, 2)).clamp(min=1)
+    assert iou.min() > 0.99
+    # and the averaged views are not simply the plain pass
+    assert not torch.allclose(a.scores, c.scores, atol=1e-3)
+
+
+def test_flip_tta_rejects_unknown_flips():
+    with pytest.raises(ValueError, match="TEST_FLIPS"):
+        flip_tta_model("['diagonal']")
+
+
 def brute_force_match(gt, anchors, pos, neg):
     """YOLACT matching from the full IoU matrix (the reference for the grid search)."""
     iou = pairwise_iou(gt, anchors)

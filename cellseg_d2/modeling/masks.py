@@ -19,10 +19,15 @@ def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 
 
     proto (k, h, w): prototypes of the image region only (no padding); coefs (n, k); boxes (n, 4)
     in output pixels; proto_pixel: (height, width) of a prototype pixel in output pixels.
+    Test-time augmentation: proto and coefs may be lists of equal length (one entry per view,
+    mapped back to the image's orientation); the mask is the mean of the views' probabilities.
     Instances go in chunks of similar box size, each sampling a (chunk, box_h, box_w) grid, so
     memory and time follow the boxes' area, never n x H x W floats.
     """
     out_h, out_w = output_hw
+    protos = list(proto) if isinstance(proto, (list, tuple)) else [proto]
+    coefs_views = list(coefs) if isinstance(coefs, (list, tuple)) else [coefs]
+    proto, coefs = protos[0], coefs_views[0]
     n = coefs.shape[0]
     masks = torch.zeros((n, out_h, out_w), dtype=torch.bool, device=coefs.device)
     if n == 0:
@@ -37,7 +42,8 @@ def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 
         wmax, hmax = sizes[idx].max(dim=0).values.tolist()
         if hmax == 0 or wmax == 0:
             continue
-        probs = torch.sigmoid(assemble_masks(proto, coefs[idx]))[:, None]
+        probs = sum(torch.sigmoid(assemble_masks(p, c[idx])) for p, c in zip(protos, coefs_views))
+        probs = (probs / len(protos))[:, None]
         xs = windows[idx, 0, None] + torch.arange(wmax, device=coefs.device) + 0.5
         ys = windows[idx, 1, None] + torch.arange(hmax, device=coefs.device) + 0.5
         grid = torch.stack([(xs * to_grid[0] - 1)[:, None, :].expand(-1, hmax, -1),

@@ -1,6 +1,8 @@
 """YOLACT (Bolya et al., ICCV 2019) as a Detectron2 meta-architecture."""
+import itertools
 import math
 
+import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_anchor_generator, build_backbone
@@ -27,7 +29,12 @@ class Yolact(DenseDetector):
     with gt_boxes, gt_classes, gt_masks. Inference returns [{"instances": Instances}] with
     pred_boxes, scores, pred_classes and pred_masks (bool, at the output size). Inference
     stages are labelled for torch.profiler ("yolact.*", see tools/benchmark.py).
+
+    ``MODEL.YOLACT.TEST_FLIPS`` (test-time augmentation): the image is also run flipped, in
+    every combination of the listed flips; each view's class probabilities, box deltas, and
+    mask probabilities are mapped back and averaged anchor by anchor before Fast NMS.
     """
+    FLIP_DIMS = {"horizontal": 3, "vertical": 2}
 
     def __init__(self, cfg):
         y = cfg.MODEL.YOLACT
@@ -68,9 +75,17 @@ class Yolact(DenseDetector):
         self.topk_candidates = y.TOPK_CANDIDATES_TEST
         self.mask_thresh = y.MASK_THRESH_TEST
         self.max_detections = cfg.TEST.DETECTIONS_PER_IMAGE
+        unknown = set(y.TEST_FLIPS) - set(self.FLIP_DIMS)
+        if unknown:
+            raise ValueError(f"MODEL.YOLACT.TEST_FLIPS: unknown flip(s) {sorted(unknown)}; "
+                             f"use {sorted(self.FLIP_DIMS)}")
+        dims = sorted({self.FLIP_DIMS[f] for f in y.TEST_FLIPS})
+        self.test_views = [v for r in range(len(dims) + 1) for v in itertools.combinations(dims, r)]
 
     def forward(self, batched_inputs: list[dict]):
         """DenseDetector's forward, with the prototypes computed beside the head."""
+        if not self.training and len(self.test_views) > 1:
+            return self.forward_flipped_views(batched_inputs)
         with record_function("yolact.backbone+fpn"):
             images = self.preprocess_image(batched_inputs)
             features = self.backbone(images.tensor)
@@ -127,8 +142,70 @@ class Yolact(DenseDetector):
                 anchors, logits[i], deltas[i], coefs[i], proto[i], image_size, (height, width))})
         return results
 
+    def forward_flipped_views(self, batched_inputs):
+        """Inference averaged over ``self.test_views`` (tuples of flipped tensor dims)."""
+        images = self.preprocess_image(batched_inputs)
+        # Pad to the coarsest level's stride so that every level's anchor grid maps onto itself
+        # under a flip of the padded tensor.
+        div = max(self.anchor_generator.strides)
+        h, w = images.tensor.shape[-2:]
+        padded = F.pad(images.tensor, (0, -w % div, 0, -h % div))
+        probs, deltas, coefs, protos = [], [], [], []
+        for dims in self.test_views:
+            features = self.backbone(padded.flip(dims) if dims else padded)
+            features = [features[f] for f in self.head_in_features]
+            view_logits, view_deltas, view_coefs = self.head(features)
+            proto = self.protonet(features[self.proto_index])
+            protos.append(proto.flip(dims) if dims else proto)
+            coefs.append(self._flatten([c.flip(dims) if dims else c for c in view_coefs],
+                                       self.num_prototypes))
+            probs.append([self._unflip(F.softmax(self._per_anchor(x, self.num_classes + 1),
+                                                 dim=2), dims) for x in view_logits])
+            deltas.append([self._unflip(self._per_anchor(x, 4), dims, negate=True)
+                           for x in view_deltas])
+        n = len(self.test_views)
+        # log of the mean probability: the softmax in inference_single_image gives it back.
+        logits = [torch.log((sum(v) / n).clamp(min=1e-12)).flatten(1, 2) for v in zip(*probs)]
+        deltas = [(sum(v) / n).flatten(1, 2) for v in zip(*deltas)]
+        logits = self._flatten(logits, self.num_classes + 1)
+        deltas = self._flatten(deltas, 4)
+        anchors = Boxes.cat(self.anchor_generator(features))
+        results = []
+        for i, image_size in enumerate(images.image_sizes):
+            output_size = (batched_inputs[i].get("height", image_size[0]),
+                           batched_inputs[i].get("width", image_size[1]))
+            results.append({"instances": self.inference_single_image(
+                anchors, logits[i], deltas[i], [c[i] for c in coefs], [p[i] for p in protos],
+                image_size, output_size)})
+        return results
+
+    def _flatten(self, levels, k):
+        """Per-level (N, A*k, H, W) maps -> (N, R, k), all levels' anchors in order."""
+        return cat(self._transpose_dense_predictions([levels], [k])[0], dim=1)
+
+    def _per_anchor(self, x, k):
+        """(N, A*k, H, W) -> (N, A, k, H, W)."""
+        return x.view(x.shape[0], -1, k, *x.shape[-2:])
+
+    @staticmethod
+    def _unflip(x, dims, negate=False):
+        """Flip a (N, A, k, H, W) map back; with ``negate``, box deltas: a horizontal flip
+        mirrors dx (component 0), a vertical one dy (component 1)."""
+        if not dims:
+            return x
+        x = x.flip([d + 1 for d in dims])
+        if negate:
+            sign = torch.ones(x.shape[2], dtype=x.dtype, device=x.device)
+            sign[[1 - (d - 2) for d in dims]] = -1  # dim 3 (width) -> dx, dim 2 (height) -> dy
+            x = x * sign[:, None, None]
+        return x
+
     def inference_single_image(self, anchors, logits, deltas, coefs, proto, image_size,
                                output_size):
+        """One image's detections. coefs and proto may be lists, one per test view (their
+        masks are averaged)."""
+        views = isinstance(coefs, list)
+        coefs_views, protos = (coefs, proto) if views else ([coefs], [proto])
         with record_function("yolact.nms"):
             scores = F.softmax(logits, dim=-1)[:, :self.num_classes]
             candidates = (scores.max(dim=1).values > self.score_thresh).nonzero().squeeze(1)
@@ -148,8 +225,10 @@ class Yolact(DenseDetector):
                                pred_classes=classes)
         with record_function("yolact.masks"):
             s = self.proto_stride  # prototypes of the image, without the batch's padding:
-            image_proto = proto[:, :math.ceil(image_size[0] / s), :math.ceil(image_size[1] / s)]
-            result.pred_masks = paste_masks(image_proto, coefs[candidates][keep], boxes.tensor,
+            rows, cols = math.ceil(image_size[0] / s), math.ceil(image_size[1] / s)
+            image_proto = [p[:, :rows, :cols] for p in protos]
+            kept_coefs = [c[candidates][keep] for c in coefs_views]
+            result.pred_masks = paste_masks(image_proto, kept_coefs, boxes.tensor,
                                             (out_h, out_w), (s * scale_y, s * scale_x),
                                             self.mask_thresh)
         return result
