@@ -32,6 +32,8 @@ def test_wrong_key_and_missing_file_are_one_line_errors():
         load_cfg(CONFIGS[0], ["MODEL.YOLACT.NOPE", "1"])
     with pytest.raises(SetupError, match="nope.yaml: config file not found"):
         load_cfg("nope.yaml")
+    with pytest.raises(SetupError, match="YOLACT's is MODEL.YOLACT.TEST_FLIPS"):
+        load_cfg(str(REPO / "configs" / "real_R18_cpu.yaml"), ["TEST.AUG.ENABLED", "True"])
 
 
 def test_optimizer_choice():
