@@ -18,11 +18,14 @@ import json
 import os
 import sys
 
+import yaml
 from train_real import CONFIGS, calibrate, prepare_data, schedule, seconds_per_iteration, train_net
 
 from cellseg_d2.utils import write_json
 
 CLASSES = ("shsy5y", "astro", "cort")
+with open(os.path.join(CONFIGS, "Base-YOLACT.yaml")) as f:
+    BASE_ANCHORS = yaml.safe_load(f)["MODEL"]["ANCHOR_GENERATOR"]["SIZES"]
 # name -> (what the variant undoes or changes, config overrides, cost key or None, pretrained)
 TRAIN_VARIANTS = {
     "recipe": ("the recipe", [], None, True),
@@ -31,15 +34,16 @@ TRAIN_VARIANTS = {
                 ["INPUT.CROP.ENABLED", "False"], "no_crop", True),
     "no_rot": ("horizontal flip only (no vertical flip, no transpose)",
                ["INPUT.TRANSPOSE", "False", "INPUT.VERTICAL_FLIP", "False"], None, True),
-    "no_multiscale": ("fixed 1.5x scale instead of 1.25-1.75x",
-                      ["INPUT.TRAIN_SCALE", "(1.5, 1.5)"], None, True),
+    "multiscale": ("1.25-1.75x training scale instead of a fixed 1.5x",
+                   ["INPUT.TRAIN_SCALE", "(1.25, 1.75)"], None, True),
     "native_scale": ("native scale (0.75-1.25x train, 1x test; 384 px crops) instead of 1.5x",
                      ["INPUT.TRAIN_SCALE", "(0.75, 1.25)", "INPUT.CROP.SIZE", "[384, 384]",
                       "INPUT.MIN_SIZE_TEST", "520", "INPUT.MAX_SIZE_TEST", "704"],
                      "native_scale", True),
+    "crop_384": ("384 px crops instead of 256 (same wall time)", ["INPUT.CROP.SIZE", "[384, 384]"],
+                 "crop_384", True),
     "anchors_1x": ("Base-YOLACT's anchors (sized for cells at the native scale)",
-                   ["MODEL.ANCHOR_GENERATOR.SIZES",
-                    "[[12, 17], [24, 34], [48, 68], [96, 136], [192, 272]]"], None, True),
+                   ["MODEL.ANCHOR_GENERATOR.SIZES", str(BASE_ANCHORS)], None, True),
 }
 # Test-time levers: the recipe's model evaluated with other settings.
 TEST_VARIANTS = {
@@ -49,6 +53,8 @@ TEST_VARIANTS = {
                 ["INPUT.MIN_SIZE_TEST", "1040", "INPUT.MAX_SIZE_TEST", "1408"]),
     "mask_thresh_0.5": ("mask threshold 0.5 instead of 0.4",
                         ["MODEL.YOLACT.MASK_THRESH_TEST", "0.5"]),
+    "no_test_flips": ("no test-time flips (one view instead of 4)",
+                      ["MODEL.YOLACT.TEST_FLIPS", "[]"]),
 }
 
 
