@@ -130,6 +130,20 @@ def test_flip_tta_is_flip_equivariant():
     assert not torch.allclose(a.scores, c.scores, atol=1e-3)
 
 
+def test_flip_tta_pads_with_the_image_mean():
+    """The views are padded to P7's stride (up to 127 px, at the top or left once flipped):
+    with a constant border a uniform image would show the network an edge like a cell's."""
+    model = flip_tta_model("['horizontal']")
+    seen = []
+    backbone_forward = model.backbone.forward
+    model.backbone.forward = lambda x: seen.append(x.clone()) or backbone_forward(x)
+    with torch.no_grad():
+        model([{"image": torch.full((3, 40, 72), 90.0)}])
+    assert [tuple(x.shape[-2:]) for x in seen] == [(128, 128)] * 2
+    for x in seen:
+        assert torch.allclose(x, x[:, :, :1, :1].expand_as(x))
+
+
 def test_flip_tta_rejects_unknown_flips():
     with pytest.raises(ValueError, match="TEST_FLIPS"):
         flip_tta_model("['diagonal']")

@@ -146,10 +146,17 @@ class Yolact(DenseDetector):
         """Inference averaged over ``self.test_views`` (tuples of flipped tensor dims)."""
         images = self.preprocess_image(batched_inputs)
         # Pad to the coarsest level's stride so that every level's anchor grid maps onto itself
-        # under a flip of the padded tensor.
+        # under a flip of the padded tensor. The padding (up to 127 px, at the top or left in
+        # flipped views) takes each image's mean value: an edge between the image and a
+        # constant border is what a cell's edge looks like (a small uniform image otherwise got
+        # detections along it).
         div = max(self.anchor_generator.strides)
         h, w = images.tensor.shape[-2:]
         padded = F.pad(images.tensor, (0, -w % div, 0, -h % div))
+        for i, (ih, iw) in enumerate(images.image_sizes):
+            mean = padded[i, :, :ih, :iw].mean(dim=(1, 2))[:, None, None]
+            padded[i, :, ih:, :] = mean
+            padded[i, :, :ih, iw:] = mean
         probs, deltas, coefs, protos = [], [], [], []
         for dims in self.test_views:
             features = self.backbone(padded.flip(dims) if dims else padded)
