@@ -11,6 +11,7 @@ import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, defaults
 from detectron2.evaluation import DatasetEvaluators
+from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
@@ -63,6 +64,15 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_cell_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """With TEST.AUG.ENABLED (Mask R-CNN only: config.load_cfg refuses it for YOLACT, whose
+        test-time flips live in the model), Detectron2's flip / multi-scale merge, both in
+        --eval-only and in the evaluations during training."""
+        if cfg.TEST.AUG.ENABLED:
+            model = GeneralizedRCNNWithTTA(cfg, model)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -89,3 +89,22 @@ def test_maskrcnn_baseline_keeps_detectron2_defaults(name):
                 assert ours[k] == v, key
     walk(stock, cfg, "")
     assert cfg.MODEL.ANCHOR_GENERATOR.OFFSET == 0.0
+
+
+def test_mask_rcnn_test_time_augmentation_wraps_every_evaluation(monkeypatch):
+    """TEST.AUG applies in Trainer.test, which both --eval-only and the evaluation at the end of
+    tools/train_real.py's training go through."""
+    from detectron2.engine import DefaultTrainer
+    from detectron2.modeling import GeneralizedRCNNWithTTA
+
+    cfg = load_cfg(str(REPO / "configs" / "real_maskrcnn_R18_cpu.yaml"), ["MODEL.DEVICE", "cpu"])
+    assert cfg.TEST.AUG.ENABLED
+    model = build_model(cfg)
+    seen = []
+    monkeypatch.setattr(DefaultTrainer, "test", classmethod(
+        lambda cls, cfg, model, evaluators=None: seen.append(model)))
+    Trainer.test(cfg, model)
+    cfg.defrost()
+    cfg.TEST.AUG.ENABLED = False
+    Trainer.test(cfg, model)
+    assert isinstance(seen[0], GeneralizedRCNNWithTTA) and seen[1] is model

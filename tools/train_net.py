@@ -16,7 +16,6 @@ import sys
 import torch
 import torch.multiprocessing as mp
 from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 
 import cellseg_d2  # noqa: F401  (registers datasets and the Yolact meta-architecture)
@@ -75,8 +74,6 @@ def run(args):
         model = Trainer.build_model(cfg)
         load_weights(FittingCheckpointer(model, save_dir=cfg.OUTPUT_DIR), cfg.MODEL.WEIGHTS,
                      args.resume)
-        if cfg.TEST.AUG.ENABLED:  # Detectron2's flip / multi-scale merge for Mask R-CNN
-            model = GeneralizedRCNNWithTTA(cfg, model)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             path = os.path.join(cfg.OUTPUT_DIR, "inference", "results.json")
