@@ -37,7 +37,10 @@ from cellseg_d2.utils import write_json
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(TOOLS, "..", "configs")
 ARCHS = {"yolact": "real_R18_cpu.yaml", "maskrcnn": "real_maskrcnn_R18_cpu.yaml"}
-EVAL_RESERVE_S = 180  # final evaluation on ~8 images with up to 1000 detections, and start-up
+# Final evaluation on ~8 images with up to 1000 detections, with each recipe's test-time
+# augmentation, and start-up: YOLACT's 4 views took ~1 min on 2 cores; Mask R-CNN's mask head
+# runs per detection, and its 2 views took 3.4 min on one core.
+EVAL_RESERVE_S = {"yolact": 180, "maskrcnn": 300}
 CALIBRATION_ITERS = 6  # per stage
 
 
@@ -134,7 +137,7 @@ def main(argv=None):
     s_it = {stage: calibrate(config, dataset, os.path.join(out, f"calibration_{stage}"),
                              no_eval + common, data_root)
             for stage, dataset in (("synthetic", "synthetic_train"), ("real", "real_train"))}
-    left = args.minutes * 60 - (time.time() - start) - EVAL_RESERVE_S
+    left = args.minutes * 60 - (time.time() - start) - EVAL_RESERVE_S[args.arch]
     pre = (max(1, int(left * args.pretrain_share / (s_it["synthetic"] * 1.04)))
            if args.pretrain_share > 0 else 0)  # 4%: each stage's start-up
     fine = max(1, int((left - pre * s_it["synthetic"]) / (s_it["real"] * 1.04)))
@@ -155,7 +158,7 @@ def main(argv=None):
         drift = seconds_per_iteration(os.path.join(out, "pretrain", "metrics.json")) \
             / s_it["synthetic"]
         drift = drift if drift == drift else 1.0  # NaN: pretraining too short to log a time
-        left = args.minutes * 60 - (time.time() - start) - EVAL_RESERVE_S
+        left = args.minutes * 60 - (time.time() - start) - EVAL_RESERVE_S[args.arch]
         fine = max(1, int(left / (s_it["real"] * max(drift, 1.0) * 1.02)))
         print(f"[{time.time() - start:5.0f} s] pretrained -> {weights}; {fine} iterations on the "
               f"real images")
