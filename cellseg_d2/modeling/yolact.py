@@ -102,9 +102,13 @@ class Yolact(DenseDetector):
     def _anchors_and_predictions(self, features, predictions):
         """All levels' anchors as one Boxes, predictions as (N, R, K) per kind."""
         anchors = Boxes.cat(self.anchor_generator(features))
-        logits, deltas, coefs = self._transpose_dense_predictions(
-            predictions, [self.num_classes + 1, 4, self.num_prototypes])
-        return anchors, cat(logits, dim=1), cat(deltas, dim=1), cat(coefs, dim=1)
+        logits, deltas, coefs = predictions
+        return (anchors, self._flatten(logits, self.num_classes + 1), self._flatten(deltas, 4),
+                self._flatten(coefs, self.num_prototypes))
+
+    def _flatten(self, levels, k):
+        """Per-level (N, A*k, H, W) maps -> (N, R, k), all levels' anchors in order."""
+        return cat(self._transpose_dense_predictions([levels], [k])[0], dim=1)
 
     # ---------------------------------------------------------------- training
     def forward_training(self, images, features, predictions, proto, gt_instances):
@@ -134,12 +138,17 @@ class Yolact(DenseDetector):
     def forward_inference(self, images, features, predictions, proto, batched_inputs):
         with record_function("yolact.head"):
             anchors, logits, deltas, coefs = self._anchors_and_predictions(features, predictions)
+        return self._detect(images, batched_inputs, anchors, logits, deltas, [coefs], [proto])
+
+    def _detect(self, images, batched_inputs, anchors, logits, deltas, coefs_views, protos):
+        """Each image's detections; coefs_views and protos hold one batch tensor per test view."""
         results = []
         for i, image_size in enumerate(images.image_sizes):
-            height = batched_inputs[i].get("height", image_size[0])
-            width = batched_inputs[i].get("width", image_size[1])
+            output_size = (batched_inputs[i].get("height", image_size[0]),
+                           batched_inputs[i].get("width", image_size[1]))
             results.append({"instances": self.inference_single_image(
-                anchors, logits[i], deltas[i], coefs[i], proto[i], image_size, (height, width))})
+                anchors, logits[i], deltas[i], [c[i] for c in coefs_views],
+                [p[i] for p in protos], image_size, output_size)})
         return results
 
     def forward_flipped_views(self, batched_inputs):
@@ -159,13 +168,11 @@ class Yolact(DenseDetector):
             padded[i, :, :ih, iw:] = mean
         probs, deltas, coefs, protos = [], [], [], []
         for dims in self.test_views:
-            features = self.backbone(padded.flip(dims) if dims else padded)
+            features = self.backbone(padded.flip(dims))
             features = [features[f] for f in self.head_in_features]
             view_logits, view_deltas, view_coefs = self.head(features)
-            proto = self.protonet(features[self.proto_index])
-            protos.append(proto.flip(dims) if dims else proto)
-            coefs.append(self._flatten([c.flip(dims) if dims else c for c in view_coefs],
-                                       self.num_prototypes))
+            protos.append(self.protonet(features[self.proto_index]).flip(dims))
+            coefs.append(self._flatten([c.flip(dims) for c in view_coefs], self.num_prototypes))
             probs.append([self._unflip(F.softmax(self._per_anchor(x, self.num_classes + 1),
                                                  dim=2), dims) for x in view_logits])
             deltas.append([self._unflip(self._per_anchor(x, 4), dims, negate=True)
@@ -177,18 +184,7 @@ class Yolact(DenseDetector):
         logits = self._flatten(logits, self.num_classes + 1)
         deltas = self._flatten(deltas, 4)
         anchors = Boxes.cat(self.anchor_generator(features))
-        results = []
-        for i, image_size in enumerate(images.image_sizes):
-            output_size = (batched_inputs[i].get("height", image_size[0]),
-                           batched_inputs[i].get("width", image_size[1]))
-            results.append({"instances": self.inference_single_image(
-                anchors, logits[i], deltas[i], [c[i] for c in coefs], [p[i] for p in protos],
-                image_size, output_size)})
-        return results
-
-    def _flatten(self, levels, k):
-        """Per-level (N, A*k, H, W) maps -> (N, R, k), all levels' anchors in order."""
-        return cat(self._transpose_dense_predictions([levels], [k])[0], dim=1)
+        return self._detect(images, batched_inputs, anchors, logits, deltas, coefs, protos)
 
     def _per_anchor(self, x, k):
         """(N, A*k, H, W) -> (N, A, k, H, W)."""
@@ -207,12 +203,10 @@ class Yolact(DenseDetector):
             x = x * sign[:, None, None]
         return x
 
-    def inference_single_image(self, anchors, logits, deltas, coefs, proto, image_size,
+    def inference_single_image(self, anchors, logits, deltas, coefs_views, protos, image_size,
                                output_size):
-        """One image's detections. coefs and proto may be lists, one per test view (their
-        masks are averaged)."""
-        views = isinstance(coefs, list)
-        coefs_views, protos = (coefs, proto) if views else ([coefs], [proto])
+        """One image's detections; coefs_views and protos hold one entry per test view (the
+        views' mask probabilities are averaged)."""
         with record_function("yolact.nms"):
             scores = F.softmax(logits, dim=-1)[:, :self.num_classes]
             candidates = (scores.max(dim=1).values > self.score_thresh).nonzero().squeeze(1)
