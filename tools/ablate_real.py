@@ -94,10 +94,10 @@ def run_seed(args):
         with open(done) as f:
             saved = json.load(f)
         s_it, rows = saved["s_it"], saved["rows"]
-    costly = [(name, "real_train", v[1]) for name, v in TRAIN_VARIANTS.items()
+    costly = [(name, "('real_train',)", v[1]) for name, v in TRAIN_VARIANTS.items()
               if v[2] and name in args.variants]
-    for name, dataset, opts in [("synthetic", "synthetic_train", []),
-                                ("real", "real_train", []), *costly]:
+    for name, dataset, opts in [("synthetic", "('synthetic_train',)", []),
+                                ("real", "('real_train',)", []), *costly]:
         if name in s_it:
             continue
         s_it[name] = calibrate(config, dataset, os.path.join(out, f"calibration_{name}"),

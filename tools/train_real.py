@@ -30,6 +30,7 @@ import sys
 import time
 
 from cellseg_d2.data.coco_input import convert_coco
+from cellseg_d2.data.label_images import convert_label_images
 from cellseg_d2.data.sartorius import ConversionError, convert_sartorius
 from cellseg_d2.data.synthetic import generate_dataset
 from cellseg_d2.utils import write_json
@@ -65,8 +66,9 @@ def seconds_per_iteration(metrics_file: str) -> float:
 
 
 def calibrate(config, dataset, folder, opts, data_root) -> float:
-    """Median seconds per training iteration on ``dataset`` (CALIBRATION_ITERS iterations)."""
-    train_net(config, ["DATASETS.TRAIN", f"('{dataset}',)", "MODEL.WEIGHTS", "",
+    """Median seconds per training iteration on ``dataset`` (a DATASETS.TRAIN value)
+    (CALIBRATION_ITERS iterations)."""
+    train_net(config, ["DATASETS.TRAIN", dataset, "MODEL.WEIGHTS", "",
                        *schedule(CALIBRATION_ITERS), "OUTPUT_DIR", folder, *opts],
               data_root, folder + ".log")
     s_it = seconds_per_iteration(os.path.join(folder, "metrics.json"))
@@ -76,9 +78,10 @@ def calibrate(config, dataset, folder, opts, data_root) -> float:
     return s_it
 
 
-def prepare_data(data, data_root, split, seed, synthetic_per_type):
-    """``data`` (Kaggle folder or COCO JSON) -> data_root/real (real_train, real_val, ...) and
-    freshly generated images -> data_root/synthetic (synthetic_train)."""
+def prepare_data(data, data_root, split, seed, synthetic_per_type, extra=None):
+    """``data`` (Kaggle folder or COCO JSON) -> data_root/real (real_train, real_val, ...),
+    freshly generated images -> data_root/synthetic (synthetic_train) and, if ``extra`` is
+    (folder, cell type, scale), its label images -> data_root/extra (extra_train)."""
     if data.lower().endswith(".json"):
         convert_coco(data, os.path.join(data_root, "real"), split=split, seed=seed)
     else:
@@ -88,6 +91,8 @@ def prepare_data(data, data_root, split, seed, synthetic_per_type):
     generate_dataset(synthetic, images_per_type=synthetic_per_type, seed=1000 + seed,
                      progress=False)
     convert_sartorius(synthetic, synthetic, split=(3 * synthetic_per_type, 0, 0), progress=False)
+    if extra:
+        convert_label_images(extra[0], os.path.join(data_root, "extra"), extra[1], extra[2])
 
 
 def schedule(iters: int) -> list:
@@ -109,6 +114,14 @@ def main(argv=None):
     p.add_argument("--pretrain-share", type=float, default=0.35,
                    help="share of the training time spent on synthetic images")
     p.add_argument("--synthetic-per-type", type=int, default=30)
+    p.add_argument("--extra", default="",
+                   help="folder of image + label image pairs (Usiigaci's setN/raw.tif + "
+                        "instances_ids.png, or Cellpose's <name>.tif + <name>_masks.png) added to "
+                        "the pretraining as --extra-type cells; '' for none")
+    p.add_argument("--extra-type", default="astro", help="cell type of the --extra cells")
+    p.add_argument("--extra-scale", type=float, default=0.67,
+                   help="rescaling of the --extra images (0.67: Usiigaci's fibroblasts to the "
+                        "median area of Sartorius' astrocytes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both stages")
     args = p.parse_args(argv)
@@ -123,12 +136,15 @@ def main(argv=None):
     os.makedirs(out)
     try:
         prepare_data(args.data, data_root, [float(v) for v in args.split.split(",")], args.seed,
-                     args.synthetic_per_type)
+                     args.synthetic_per_type,
+                     (args.extra, args.extra_type, args.extra_scale) if args.extra else None)
     except (ConversionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"[{time.time() - start:5.0f} s] data: {args.data} -> {data_root}/real, "
-          f"{3 * args.synthetic_per_type} synthetic images")
+          f"{3 * args.synthetic_per_type} synthetic images" +
+          (f", {args.extra} -> {data_root}/extra" if args.extra else ""))
+    pretrain_sets = str(("synthetic_train", "extra_train") if args.extra else ("synthetic_train",))
 
     common = ["SEED", args.seed, *args.opts]
     no_eval = ["DATASETS.TEST", "()"]  # the stages before the last are not evaluated
@@ -136,7 +152,7 @@ def main(argv=None):
     # and cost Mask R-CNN (whose mask head runs per cell) about twice as much per iteration.
     s_it = {stage: calibrate(config, dataset, os.path.join(out, f"calibration_{stage}"),
                              no_eval + common, data_root)
-            for stage, dataset in (("synthetic", "synthetic_train"), ("real", "real_train"))}
+            for stage, dataset in (("synthetic", pretrain_sets), ("real", "('real_train',)"))}
     left = args.minutes * 60 - (time.time() - start) - EVAL_RESERVE_S[args.arch]
     pre = (max(1, int(left * args.pretrain_share / (s_it["synthetic"] * 1.04)))
            if args.pretrain_share > 0 else 0)  # 4%: each stage's start-up
@@ -147,9 +163,8 @@ def main(argv=None):
 
     weights = ""
     if pre:
-        train_net(config, ["DATASETS.TRAIN", "('synthetic_train',)", "MODEL.WEIGHTS", "",
-                           *schedule(pre), *no_eval, "OUTPUT_DIR", os.path.join(out, "pretrain"),
-                           *common],
+        train_net(config, ["DATASETS.TRAIN", pretrain_sets, "MODEL.WEIGHTS", "", *schedule(pre),
+                           *no_eval, "OUTPUT_DIR", os.path.join(out, "pretrain"), *common],
                   data_root, os.path.join(out, "pretrain.log"))
         weights = os.path.join(out, "pretrain", "model_final.pth")
         # Re-plan with the time actually left, and the real images' s/it scaled by how far the

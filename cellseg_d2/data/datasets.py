@@ -9,6 +9,7 @@ dataset is loaded, so importing never touches the disk. See datasets/README.md f
 | sartorius_recon_{train,val}      | sartorius_recon/annotations/{split}.json (real images in ../shared) |
 | synthetic_{train,val,test}       | synthetic/annotations/{split}.json (tools/make_synthetic.py) |
 | real_{train,val}                 | real/annotations/{split}.json (tools/train_real.py --data FOLDER) |
+| extra_train                      | extra/annotations/train.json (tools/train_real.py --extra FOLDER) |
 | synthetic_overfit_train          | synthetic_overfit/annotations/train.json: 12 images, 4 per type |
 | sartorius_overfit12              | the first 4 images per cell type of sartorius_train        |
 | livecell_{train,val,test}        | livecell/annotations/LIVECell/livecell_coco_{split}.json  |
@@ -106,6 +107,8 @@ def register_all() -> None:
                              f"--out-dir <root>/sartorius_recon --split 26,8,0")
         register_kaggle_coco(f"real_{split}", "real", split,
                              "run tools/train_real.py --data <folder> (it converts the folder)")
+    register_kaggle_coco("extra_train", "extra", "train",
+                         "run tools/train_real.py --extra <folder> (it converts the folder)")
     for split in SPLITS:
         image_dir = "livecell_test_images" if split == "test" else "livecell_train_val_images"
         register_livecell(f"livecell_{split}", f"annotations/LIVECell/livecell_coco_{split}.json",
