@@ -11,6 +11,7 @@ import pycocotools.mask as mask_util
 import pytest
 
 from .conftest import CONFIG, REPO, TINY, tool
+from .test_label_images import write_pair
 
 
 def test_train_and_evaluate_writes_metrics_and_tables(trained):
@@ -162,10 +163,14 @@ def test_demo_completes_whatever_the_seed(tmp_path, seed):
 
 def test_train_real_within_budget(tiny_synthetic, tmp_path):
     """make train-real's tool end to end at a tiny scale: a Kaggle-layout folder in, Detectron2's
-    usual output folder and the per-class table out, every stage sized by the time budget."""
+    usual output folder and the per-class table out, every stage sized by the time budget;
+    a folder of label images (--extra) joins the pretraining."""
     out = tmp_path / "real"
+    extra = tmp_path / "labels"
+    write_pair(extra / "set1" / "raw.tif", extra / "set1" / "instances_ids.png", (160, 224))
     proc = tool("train_real.py", "--data", tiny_synthetic / "synthetic", "--output", out,
-                "--minutes", 1, "--synthetic-per-type", 1, "--split", "4,2,0", *TINY)
+                "--minutes", 1, "--synthetic-per-type", 1, "--split", "4,2,0",
+                "--extra", extra, "--extra-scale", 1, *TINY)
     for name in ("config.yaml", "model_final.pth", "metrics.json", "train_real.json",
                  "pretrain/model_final.pth", "inference/real_val/per_class_segm.csv"):
         assert (out / name).is_file(), name
@@ -175,3 +180,6 @@ def test_train_real_within_budget(tiny_synthetic, tmp_path):
     assert "cort" in proc.stdout and "s/it" in proc.stdout
     assert len(json.loads((out / "data" / "real" / "annotations" / "val.json").read_text())
                ["images"]) == 2
+    assert len(json.loads((out / "data" / "extra" / "annotations" / "train.json").read_text())
+               ["annotations"]) == 2
+    assert "('synthetic_train', 'extra_train')" in (out / "pretrain" / "config.yaml").read_text()

@@ -64,7 +64,9 @@ def convert_label_images(src: str, out_dir: str, cell_type: str, scale: float = 
         raise ConversionError(f"cell type {cell_type!r} is not one of "
                               f"{', '.join(SARTORIUS_CLASSES)}")
     category = SARTORIUS_CLASSES.index(cell_type) + 1
-    images, annotations = [], []
+    # Everything is read and checked before anything is written: a bad pair is one error
+    # naming its file, and leaves no output.
+    images, annotations, pngs = [], [], []
     for n, (image_path, label_path) in enumerate(find_pairs(src), start=1):
         try:
             image = _read(image_path, cv2.IMREAD_UNCHANGED)
@@ -76,11 +78,9 @@ def convert_label_images(src: str, out_dir: str, cell_type: str, scale: float = 
                                   f"{image_path} {image.shape}")
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
         image = cv2.resize(normalized_gray(image), size, interpolation=cv2.INTER_AREA)
-        label = cv2.resize(label.astype(np.int32).astype(np.float32), size,
-                           interpolation=cv2.INTER_NEAREST).astype(np.int32)
+        label = cv2.resize(label.astype(np.float32), size, interpolation=cv2.INTER_NEAREST)
         file_name = os.path.join("images", f"{n:04d}.png")
-        with atomic_open(os.path.join(out_dir, file_name), "wb") as f:
-            f.write(cv2.imencode(".png", image)[1].tobytes())
+        pngs.append((file_name, cv2.imencode(".png", image)[1].tobytes()))
         images.append({"id": n, "file_name": file_name, "height": size[1], "width": size[0],
                        "source": os.path.abspath(image_path)})
         for value in np.unique(label[label > 0]):
@@ -94,6 +94,9 @@ def convert_label_images(src: str, out_dir: str, cell_type: str, scale: float = 
                 "iscrowd": 0, "area": float(area),
                 "bbox": [float(v) for v in mask_util.toBbox(rle)],
                 "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+    for file_name, data in pngs:
+        with atomic_open(os.path.join(out_dir, file_name), "wb") as f:
+            f.write(data)
     coco = {"info": {"description": f"{os.path.abspath(src)} as {cell_type}, scale {scale}"},
             "categories": SARTORIUS_CATEGORIES, "images": images, "annotations": annotations}
     write_json(os.path.join(out_dir, "annotations", "train.json"), coco)
