@@ -31,14 +31,20 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
 
 
-def read_image(path: str, format: str = "BGR") -> np.ndarray:
-    """Read ``path`` as an HxWx3 uint8 array in ``format`` ("BGR" or "RGB")."""
+def read_unchanged(path: str) -> np.ndarray:
+    """The array stored in ``path`` (its own dtype and channels); one ImageReadError naming the
+    file if it is missing or unreadable."""
     if not os.path.isfile(path):
         raise ImageReadError(f"{path}: image file not found")
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageReadError(f"{path}: not a readable image (PNG/TIFF/JPEG expected)")
-    image = to_uint8(image)
+    return image
+
+
+def read_image(path: str, format: str = "BGR") -> np.ndarray:
+    """Read ``path`` as an HxWx3 uint8 array in ``format`` ("BGR" or "RGB")."""
+    image = to_uint8(read_unchanged(path))
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     elif image.shape[2] == 4:

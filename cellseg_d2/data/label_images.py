@@ -16,7 +16,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from ..utils import atomic_open, write_json
-from .image_io import ImageReadError
+from .image_io import ImageReadError, read_unchanged
 from .sartorius import SARTORIUS_CATEGORIES, SARTORIUS_CLASSES, ConversionError
 
 TARGET_MEAN, TARGET_STD = 128.0, 12.0  # Sartorius' phase-contrast images (measured on recon)
@@ -37,14 +37,6 @@ def find_pairs(src: str) -> list:
         raise ConversionError(f"{src}: no label images (setN/instances_ids.png or "
                               f"<name>_masks.png) found")
     return pairs
-
-
-def _read(path: str, flags: int) -> np.ndarray:
-    array = cv2.imread(path, flags) if os.path.isfile(path) else None
-    if array is None:
-        raise ImageReadError(f"{path}: " + ("not a readable image" if os.path.isfile(path)
-                                            else "image file not found"))
-    return array
 
 
 def normalized_gray(image: np.ndarray) -> np.ndarray:
@@ -69,8 +61,8 @@ def convert_label_images(src: str, out_dir: str, cell_type: str, scale: float = 
     images, annotations, pngs = [], [], []
     for n, (image_path, label_path) in enumerate(find_pairs(src), start=1):
         try:
-            image = _read(image_path, cv2.IMREAD_UNCHANGED)
-            label = _read(label_path, cv2.IMREAD_UNCHANGED)
+            image = read_unchanged(image_path)
+            label = read_unchanged(label_path)
         except ImageReadError as e:
             raise ConversionError(str(e)) from None
         if label.ndim != 2 or label.shape != image.shape[:2]:
