@@ -185,3 +185,14 @@ def test_train_real_within_budget(tiny_synthetic, tmp_path):
                ["annotations"]) == 2
     pretrain_cfg = yaml.safe_load((out / "pretrain" / "config.yaml").read_text())
     assert pretrain_cfg["DATASETS"]["TRAIN"] == ["synthetic_train", "extra_train"]
+
+
+def test_train_real_refuses_extra_data_without_pretraining(tmp_path):
+    """--extra joins the pretraining: with --pretrain-share 0 it would be converted and then
+    ignored, so the tool says so before doing anything."""
+    proc = tool("train_real.py", "--output", tmp_path / "real", "--extra", tmp_path,
+                "--pretrain-share", 0, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: --extra joins the synthetic pretraining, which --pretrain-share 0 turns off"]
+    assert not (tmp_path / "real").exists()

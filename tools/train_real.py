@@ -37,11 +37,11 @@ from cellseg_d2.utils import write_json
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(TOOLS, "..", "configs")
-ARCHS = {"yolact": "real_R18_cpu.yaml", "maskrcnn": "real_maskrcnn_R18_cpu.yaml"}
-# Final evaluation on ~8 images with up to 1000 detections, with each recipe's test-time
-# augmentation, and start-up: YOLACT's 4 views took ~1 min on 2 cores; Mask R-CNN's mask head
-# runs per detection, and its 2 views took 3.4 min on one core.
-EVAL_RESERVE_S = {"yolact": 180, "maskrcnn": 300}
+# Each architecture's recipe config and the seconds kept for its final evaluation on ~8 images
+# with up to 1000 detections, with its test-time augmentation, and start-up: YOLACT's 4 views
+# took ~1 min on 2 cores; Mask R-CNN's mask head runs per detection, and its 2 views took 3.4
+# min on one core.
+ARCHS = {"yolact": ("real_R18_cpu.yaml", 180), "maskrcnn": ("real_maskrcnn_R18_cpu.yaml", 300)}
 CALIBRATION_ITERS = 6  # per stage
 
 
@@ -128,8 +128,13 @@ def main(argv=None):
     start = time.time()
     out = args.output or ("output/real_cpu" if args.arch == "yolact" else
                           f"output/real_{args.arch}_cpu")
-    config = os.path.join(CONFIGS, ARCHS[args.arch])
+    config_name, eval_reserve = ARCHS[args.arch]
+    config = os.path.join(CONFIGS, config_name)
     data_root = os.path.abspath(os.path.join(out, "data"))
+    if args.extra and args.pretrain_share <= 0:
+        print("error: --extra joins the synthetic pretraining, which --pretrain-share 0 turns off",
+              file=sys.stderr)
+        return 1
     if os.path.isdir(out):  # this tool's own folder: replaced whole
         print(f"replacing {out} from an earlier run")
         shutil.rmtree(out)
@@ -153,7 +158,7 @@ def main(argv=None):
     s_it = {stage: calibrate(config, dataset, os.path.join(out, f"calibration_{stage}"),
                              no_eval + common, data_root)
             for stage, dataset in (("synthetic", pretrain_sets), ("real", "('real_train',)"))}
-    left = args.minutes * 60 - (time.time() - start) - EVAL_RESERVE_S[args.arch]
+    left = args.minutes * 60 - (time.time() - start) - eval_reserve
     pre = (max(1, int(left * args.pretrain_share / (s_it["synthetic"] * 1.04)))
            if args.pretrain_share > 0 else 0)  # 4%: each stage's start-up
     fine = max(1, int((left - pre * s_it["synthetic"]) / (s_it["real"] * 1.04)))
@@ -173,7 +178,7 @@ def main(argv=None):
         drift = seconds_per_iteration(os.path.join(out, "pretrain", "metrics.json")) \
             / s_it["synthetic"]
         drift = drift if drift == drift else 1.0  # NaN: pretraining too short to log a time
-        left = args.minutes * 60 - (time.time() - start) - EVAL_RESERVE_S[args.arch]
+        left = args.minutes * 60 - (time.time() - start) - eval_reserve
         fine = max(1, int(left / (s_it["real"] * max(drift, 1.0) * 1.02)))
         print(f"[{time.time() - start:5.0f} s] pretrained -> {weights}; {fine} iterations on the "
               f"real images")
