@@ -49,6 +49,11 @@ def add_yolact_config(cfg):
     # Test-time augmentation: also run the image flipped ("horizontal", "vertical"; both:
     # all 4 combinations) and average the views anchor by anchor. Costs one pass per view.
     _C.TEST_FLIPS = []
+    # Test scale per cell type: one factor per class (empty: off). Each image's type is voted
+    # by its detections above TEST.INSTANCE_SCORE_THRESH (Sartorius images hold one type);
+    # where that type's factor is not 1 the image is segmented again at factor x the test
+    # scale, and those detections are kept. Costs a second pass for those images.
+    _C.TEST_RESCALE_BY_TYPE = []
     # Padding multiple for the input batch. P6/P7 come from P5 by strided convs, so 32 (the
     # FPN top-down path's need) is enough; the FPN's own 128 would pad 520 to 640.
     _C.SIZE_DIVISIBILITY = 32

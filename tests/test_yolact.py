@@ -149,6 +149,33 @@ def test_flip_tta_rejects_unknown_flips():
         flip_tta_model("['diagonal']")
 
 
+def test_rescale_by_type_runs_the_voted_types_scale():
+    """An image whose detections vote for a type with factor 2 is segmented again at 2x the
+    test scale (what the plain model gives for the 2x image), output at the input's size; one
+    that votes for a factor-1 type keeps its first pass."""
+    torch.manual_seed(0)
+    plain = flip_tta_model("[]")
+    image = make_input(64, 96, 6)["image"]
+    with torch.no_grad():
+        first = plain([{"image": image}])[0]["instances"]
+        voted = int(torch.bincount(first.pred_classes[first.scores > 0.3], minlength=3).argmax())
+        big = F.interpolate(image[None], scale_factor=2.0, mode="bilinear")[0]
+        expected = plain([{"image": big, "height": 64, "width": 96}])[0]["instances"]
+        for factor, want in ((2.0, expected), (1.0, first)):
+            factors = [1.0, 1.0, 1.0]
+            factors[voted] = factor
+            model = build_model(tiny_cfg(**{"MODEL.YOLACT.TEST_RESCALE_BY_TYPE": str(factors),
+                                            "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0,
+                                            "TEST.INSTANCE_SCORE_THRESH": 0.3})).eval()
+            model.load_state_dict(plain.state_dict())
+            got = model([{"image": image}])[0]["instances"]
+            assert got.image_size == (64, 96) and got.pred_masks.shape[-2:] == (64, 96)
+            assert len(got) == len(want) and torch.allclose(got.scores, want.scores)
+    assert len(expected) != len(first) or not torch.allclose(expected.scores, first.scores)
+    with pytest.raises(ValueError, match="TEST_RESCALE_BY_TYPE"):
+        build_model(tiny_cfg(**{"MODEL.YOLACT.TEST_RESCALE_BY_TYPE": "[2.0]"}))
+
+
 def brute_force_match(gt, anchors, pos, neg):
     """YOLACT matching from the full IoU matrix (the reference for the grid search)."""
     iou = pairwise_iou(gt, anchors)

@@ -8,7 +8,7 @@ from detectron2.layers import Conv2d, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_anchor_generator, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from torch.profiler import record_function
 
 from .head import YolactHead
@@ -79,13 +79,33 @@ class Yolact(DenseDetector):
         if unknown:
             raise ValueError(f"MODEL.YOLACT.TEST_FLIPS: unknown flip(s) {sorted(unknown)}; "
                              f"use {sorted(self.FLIP_DIMS)}")
+        self.rescale_by_type = [float(f) for f in y.TEST_RESCALE_BY_TYPE]
+        if self.rescale_by_type and (len(self.rescale_by_type) != y.NUM_CLASSES
+                                     or min(self.rescale_by_type) <= 0):
+            raise ValueError(f"MODEL.YOLACT.TEST_RESCALE_BY_TYPE needs one positive factor per "
+                             f"class ({y.NUM_CLASSES}), got {list(y.TEST_RESCALE_BY_TYPE)}")
+        self.type_vote_thresh = cfg.TEST.INSTANCE_SCORE_THRESH
         dims = sorted({self.FLIP_DIMS[f] for f in y.TEST_FLIPS})
         self.test_views = [v for r in range(len(dims) + 1) for v in itertools.combinations(dims, r)]
 
     def forward(self, batched_inputs: list[dict]):
         """DenseDetector's forward, with the prototypes computed beside the head."""
-        if not self.training and len(self.test_views) > 1:
+        if not self.training:
+            if self.rescale_by_type:
+                return self.forward_rescaled_by_type(batched_inputs)
+            return self.inference(batched_inputs)
+        images, features, proto, predictions = self._run_network(batched_inputs)
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        return self.forward_training(images, features, predictions, proto, gt_instances)
+
+    def inference(self, batched_inputs: list[dict]):
+        """Detections at the input's scale, averaged over the test-time flips if any."""
+        if len(self.test_views) > 1:
             return self.forward_flipped_views(batched_inputs)
+        images, features, proto, predictions = self._run_network(batched_inputs)
+        return self.forward_inference(images, features, predictions, proto, batched_inputs)
+
+    def _run_network(self, batched_inputs):
         with record_function("yolact.backbone+fpn"):
             images = self.preprocess_image(batched_inputs)
             features = self.backbone(images.tensor)
@@ -94,10 +114,7 @@ class Yolact(DenseDetector):
             proto = self.protonet(features[self.proto_index])
         with record_function("yolact.head"):
             predictions = self.head(features)
-        if self.training:
-            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-            return self.forward_training(images, features, predictions, proto, gt_instances)
-        return self.forward_inference(images, features, predictions, proto, batched_inputs)
+        return images, features, proto, predictions
 
     def _anchors_and_predictions(self, features, predictions):
         """All levels' anchors as one Boxes, predictions as (N, R, K) per kind."""
@@ -153,38 +170,68 @@ class Yolact(DenseDetector):
 
     def forward_flipped_views(self, batched_inputs):
         """Inference averaged over ``self.test_views`` (tuples of flipped tensor dims)."""
-        images = self.preprocess_image(batched_inputs)
-        # Pad to the coarsest level's stride so that every level's anchor grid maps onto itself
-        # under a flip of the padded tensor. The padding (up to 127 px, at the top or left in
-        # flipped views) takes each image's mean value: an edge between the image and a
-        # constant border is what a cell's edge looks like (a small uniform image otherwise got
-        # detections along it).
-        div = max(self.anchor_generator.strides)
-        h, w = images.tensor.shape[-2:]
-        padded = F.pad(images.tensor, (0, -w % div, 0, -h % div))
-        for i, (ih, iw) in enumerate(images.image_sizes):
-            mean = padded[i, :, :ih, :iw].mean(dim=(1, 2))[:, None, None]
-            padded[i, :, ih:, :] = mean
-            padded[i, :, :ih, iw:] = mean
+        with record_function("yolact.backbone+fpn"):
+            # Padded to the coarsest level's stride so that every level's anchor grid maps onto
+            # itself under a flip of the padded tensor. The padding (up to 127 px, at the top or
+            # left in flipped views) takes each image's mean value: an edge between the image
+            # and a constant border is what a cell's edge looks like (a small uniform image
+            # otherwise got detections along it).
+            images = [(self._move_to_current_device(x["image"]) - self.pixel_mean)
+                      / self.pixel_std for x in batched_inputs]
+            images = ImageList.from_tensors(images, max(self.anchor_generator.strides))
+            padded = images.tensor
+            for i, (ih, iw) in enumerate(images.image_sizes):
+                mean = padded[i, :, :ih, :iw].mean(dim=(1, 2))[:, None, None]
+                padded[i, :, ih:, :] = mean
+                padded[i, :, :ih, iw:] = mean
         probs, deltas, coefs, protos = [], [], [], []
         for dims in self.test_views:
-            features = self.backbone(padded.flip(dims))
-            features = [features[f] for f in self.head_in_features]
-            view_logits, view_deltas, view_coefs = self.head(features)
-            protos.append(self.protonet(features[self.proto_index]).flip(dims))
-            coefs.append(self._flatten([c.flip(dims) for c in view_coefs], self.num_prototypes))
-            probs.append([self._unflip(F.softmax(self._per_anchor(x, self.num_classes + 1),
-                                                 dim=2), dims) for x in view_logits])
-            deltas.append([self._unflip(self._per_anchor(x, 4), dims, negate=True)
-                           for x in view_deltas])
-        n = len(self.test_views)
-        # log of the mean probability: the softmax in inference_single_image gives it back.
-        logits = [torch.log((sum(v) / n).clamp(min=1e-12)).flatten(1, 2) for v in zip(*probs)]
-        deltas = [(sum(v) / n).flatten(1, 2) for v in zip(*deltas)]
-        logits = self._flatten(logits, self.num_classes + 1)
-        deltas = self._flatten(deltas, 4)
-        anchors = Boxes.cat(self.anchor_generator(features))
+            with record_function("yolact.backbone+fpn"):
+                features = self.backbone(padded.flip(dims))
+                features = [features[f] for f in self.head_in_features]
+            with record_function("yolact.protonet"):
+                protos.append(self.protonet(features[self.proto_index]).flip(dims))
+            with record_function("yolact.head"):
+                view_logits, view_deltas, view_coefs = self.head(features)
+                coefs.append(self._flatten([c.flip(dims) for c in view_coefs],
+                                           self.num_prototypes))
+                probs.append([self._unflip(F.softmax(self._per_anchor(x, self.num_classes + 1),
+                                                     dim=2), dims) for x in view_logits])
+                deltas.append([self._unflip(self._per_anchor(x, 4), dims, negate=True)
+                               for x in view_deltas])
+        with record_function("yolact.head"):
+            n = len(self.test_views)
+            # log of the mean probability: the softmax in inference_single_image gives it back.
+            logits = [torch.log((sum(v) / n).clamp(min=1e-12)).flatten(1, 2) for v in zip(*probs)]
+            deltas = [(sum(v) / n).flatten(1, 2) for v in zip(*deltas)]
+            logits = self._flatten(logits, self.num_classes + 1)
+            deltas = self._flatten(deltas, 4)
+            anchors = Boxes.cat(self.anchor_generator(features))
         return self._detect(images, batched_inputs, anchors, logits, deltas, coefs, protos)
+
+    def forward_rescaled_by_type(self, batched_inputs):
+        """Inference at the test scale, then again at the voted type's scale where it differs
+        (see MODEL.YOLACT.TEST_RESCALE_BY_TYPE)."""
+        results = self.inference(batched_inputs)
+        for i, (inputs, result) in enumerate(zip(batched_inputs, results)):
+            inst = result["instances"]
+            votes = torch.bincount(inst.pred_classes[inst.scores > self.type_vote_thresh],
+                                   minlength=self.num_classes)
+            if votes.sum() == 0:
+                continue
+            factor = self.rescale_by_type[int(votes.argmax())]
+            if factor == 1.0:
+                continue
+            image = inputs["image"]
+            size = (max(1, round(image.shape[-2] * factor)), max(1, round(image.shape[-1] * factor)))
+            scaled = F.interpolate(image[None].float(), size=size, mode="bilinear",
+                                   align_corners=False)[0]
+            again = dict(inputs, image=scaled.to(image.dtype) if image.dtype.is_floating_point
+                         else scaled.round().clamp(0, 255).to(image.dtype),
+                         height=inputs.get("height", image.shape[-2]),
+                         width=inputs.get("width", image.shape[-1]))
+            results[i] = self.inference([again])[0]
+        return results
 
     def _per_anchor(self, x, k):
         """(N, A*k, H, W) -> (N, A, k, H, W)."""
