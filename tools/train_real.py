@@ -39,8 +39,9 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(TOOLS, "..", "configs")
 # Each architecture's recipe config and the seconds kept for its final evaluation on ~8 images
 # with up to 1000 detections, with its test-time augmentation, and start-up: YOLACT's 4 views
-# took ~1 min on 2 cores; Mask R-CNN's mask head runs per detection, and its 2 views took 3.4
-# min on one core.
+# took ~1 min on 2 cores (76 s on one core with its shsy5y image run again at 2x, 23 s of it; a
+# folder of only shsy5y images would take ~3x); Mask R-CNN's mask head runs per detection, and
+# its 2 views took 3.4 min on one core.
 ARCHS = {"yolact": ("real_R18_cpu.yaml", 180), "maskrcnn": ("real_maskrcnn_R18_cpu.yaml", 300)}
 CALIBRATION_ITERS = 6  # per stage
 
