@@ -171,6 +171,8 @@ def test_rescale_by_type_runs_the_voted_types_scale():
             got = model([{"image": image}])[0]["instances"]
             assert got.image_size == (64, 96) and got.pred_masks.shape[-2:] == (64, 96)
             assert len(got) == len(want) and torch.allclose(got.scores, want.scores)
+            as_mapped = model([{"image": image.to(torch.uint8)}])[0]["instances"]  # the mapper's
+            assert as_mapped.pred_masks.shape[-2:] == (64, 96)
     assert len(expected) != len(first) or not torch.allclose(expected.scores, first.scores)
     with pytest.raises(ValueError, match="TEST_RESCALE_BY_TYPE"):
         build_model(tiny_cfg(**{"MODEL.YOLACT.TEST_RESCALE_BY_TYPE": "[2.0]"}))

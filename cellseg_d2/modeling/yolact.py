@@ -226,8 +226,10 @@ class Yolact(DenseDetector):
             size = (max(1, round(image.shape[-2] * factor)), max(1, round(image.shape[-1] * factor)))
             scaled = F.interpolate(image[None].float(), size=size, mode="bilinear",
                                    align_corners=False)[0]
-            again = dict(inputs, image=scaled.to(image.dtype) if image.dtype.is_floating_point
-                         else scaled.round().clamp(0, 255).to(image.dtype),
+            if not image.dtype.is_floating_point:  # the mapper's uint8 (or a caller's integers)
+                limits = torch.iinfo(image.dtype)
+                scaled = scaled.round().clamp(limits.min, limits.max)
+            again = dict(inputs, image=scaled.to(image.dtype),
                          height=inputs.get("height", image.shape[-2]),
                          width=inputs.get("width", image.shape[-1]))
             results[i] = self.inference([again])[0]
