@@ -8,7 +8,7 @@ from detectron2.layers import Conv2d, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_anchor_generator, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import Boxes, Instances
 from torch.profiler import record_function
 
 from .head import YolactHead
@@ -176,10 +176,10 @@ class Yolact(DenseDetector):
             # left in flipped views) takes each image's mean value: an edge between the image
             # and a constant border is what a cell's edge looks like (a small uniform image
             # otherwise got detections along it).
-            images = [(self._move_to_current_device(x["image"]) - self.pixel_mean)
-                      / self.pixel_std for x in batched_inputs]
-            images = ImageList.from_tensors(images, max(self.anchor_generator.strides))
-            padded = images.tensor
+            images = self.preprocess_image(batched_inputs)
+            div = max(self.anchor_generator.strides)
+            h, w = images.tensor.shape[-2:]
+            padded = F.pad(images.tensor, (0, -w % div, 0, -h % div))
             for i, (ih, iw) in enumerate(images.image_sizes):
                 mean = padded[i, :, :ih, :iw].mean(dim=(1, 2))[:, None, None]
                 padded[i, :, ih:, :] = mean
