@@ -11,6 +11,7 @@ from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 import cellseg_d2  # noqa: F401
 from cellseg_d2 import add_yolact_config
 from cellseg_d2.box_windows import box_windows
+from cellseg_d2.modeling import yolact as yolact_module
 from cellseg_d2.modeling.inference import fast_nms
 from cellseg_d2.modeling.loss import mask_loss, ohem_class_loss
 from cellseg_d2.modeling.masks import paste_masks
@@ -149,10 +150,14 @@ def test_flip_tta_rejects_unknown_flips():
         flip_tta_model("['diagonal']")
 
 
-def test_rescale_by_type_runs_the_voted_types_scale():
+def test_rescale_by_type_runs_the_voted_types_scale(monkeypatch):
     """An image whose detections vote for a type with factor 2 is segmented again at 2x the
-    test scale (what the plain model gives for the 2x image), output at the input's size; one
-    that votes for a factor-1 type keeps its first pass."""
+    test scale (what the plain model gives for the 2x image), output at the input's size, and
+    its first pass pastes no masks; one that votes for a factor-1 type keeps its first pass."""
+    pasted = []
+    paste = yolact_module.paste_masks
+    monkeypatch.setattr(yolact_module, "paste_masks",
+                        lambda *args: pasted.append(len(args[2])) or paste(*args))
     torch.manual_seed(0)
     plain = flip_tta_model("[]")
     image = make_input(64, 96, 6)["image"]
@@ -168,7 +173,9 @@ def test_rescale_by_type_runs_the_voted_types_scale():
                                             "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0,
                                             "TEST.INSTANCE_SCORE_THRESH": 0.3})).eval()
             model.load_state_dict(plain.state_dict())
+            pasted.clear()
             got = model([{"image": image}])[0]["instances"]
+            assert pasted == [len(want)]  # one image's masks, pasted once
             assert got.image_size == (64, 96) and got.pred_masks.shape[-2:] == (64, 96)
             assert len(got) == len(want) and torch.allclose(got.scores, want.scores)
             as_mapped = model([{"image": image.to(torch.uint8)}])[0]["instances"]  # the mapper's

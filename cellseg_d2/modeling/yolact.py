@@ -98,12 +98,14 @@ class Yolact(DenseDetector):
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         return self.forward_training(images, features, predictions, proto, gt_instances)
 
-    def inference(self, batched_inputs: list[dict]):
-        """Detections at the input's scale, averaged over the test-time flips if any."""
+    def inference(self, batched_inputs: list[dict], vote: bool = False):
+        """Detections at the input's scale, averaged over the test-time flips if any. With
+        ``vote``, each output also holds "rescale": its voted type's factor in
+        MODEL.YOLACT.TEST_RESCALE_BY_TYPE, and its instances have no masks where that is not 1."""
         if len(self.test_views) > 1:
-            return self.forward_flipped_views(batched_inputs)
+            return self.forward_flipped_views(batched_inputs, vote)
         images, features, proto, predictions = self._run_network(batched_inputs)
-        return self.forward_inference(images, features, predictions, proto, batched_inputs)
+        return self.forward_inference(images, features, predictions, proto, batched_inputs, vote)
 
     def _run_network(self, batched_inputs):
         with record_function("yolact.backbone+fpn"):
@@ -152,23 +154,28 @@ class Yolact(DenseDetector):
         return {k: v * self.loss_weights[k] for k, v in losses.items()}
 
     # ---------------------------------------------------------------- inference
-    def forward_inference(self, images, features, predictions, proto, batched_inputs):
+    def forward_inference(self, images, features, predictions, proto, batched_inputs,
+                          vote=False):
         with record_function("yolact.head"):
             anchors, logits, deltas, coefs = self._anchors_and_predictions(features, predictions)
-        return self._detect(images, batched_inputs, anchors, logits, deltas, [coefs], [proto])
+        return self._detect(images, batched_inputs, anchors, logits, deltas, [coefs], [proto],
+                            vote)
 
-    def _detect(self, images, batched_inputs, anchors, logits, deltas, coefs_views, protos):
+    def _detect(self, images, batched_inputs, anchors, logits, deltas, coefs_views, protos,
+                vote=False):
         """Each image's detections; coefs_views and protos hold one batch tensor per test view."""
         results = []
         for i, image_size in enumerate(images.image_sizes):
             output_size = (batched_inputs[i].get("height", image_size[0]),
                            batched_inputs[i].get("width", image_size[1]))
-            results.append({"instances": self.inference_single_image(
+            instances, factor = self.inference_single_image(
                 anchors, logits[i], deltas[i], [c[i] for c in coefs_views],
-                [p[i] for p in protos], image_size, output_size)})
+                [p[i] for p in protos], image_size, output_size, vote)
+            results.append({"instances": instances, "rescale": factor} if vote else
+                           {"instances": instances})
         return results
 
-    def forward_flipped_views(self, batched_inputs):
+    def forward_flipped_views(self, batched_inputs, vote=False):
         """Inference averaged over ``self.test_views`` (tuples of flipped tensor dims)."""
         with record_function("yolact.backbone+fpn"):
             # Padded to the coarsest level's stride so that every level's anchor grid maps onto
@@ -207,19 +214,14 @@ class Yolact(DenseDetector):
             logits = self._flatten(logits, self.num_classes + 1)
             deltas = self._flatten(deltas, 4)
             anchors = Boxes.cat(self.anchor_generator(features))
-        return self._detect(images, batched_inputs, anchors, logits, deltas, coefs, protos)
+        return self._detect(images, batched_inputs, anchors, logits, deltas, coefs, protos, vote)
 
     def forward_rescaled_by_type(self, batched_inputs):
         """Inference at the test scale, then again at the voted type's scale where it differs
         (see MODEL.YOLACT.TEST_RESCALE_BY_TYPE)."""
-        results = self.inference(batched_inputs)
+        results = self.inference(batched_inputs, vote=True)
         for i, (inputs, result) in enumerate(zip(batched_inputs, results)):
-            inst = result["instances"]
-            votes = torch.bincount(inst.pred_classes[inst.scores > self.type_vote_thresh],
-                                   minlength=self.num_classes)
-            if votes.sum() == 0:
-                continue
-            factor = self.rescale_by_type[int(votes.argmax())]
+            factor = result.pop("rescale")
             if factor == 1.0:
                 continue
             image = inputs["image"]
@@ -253,9 +255,11 @@ class Yolact(DenseDetector):
         return x
 
     def inference_single_image(self, anchors, logits, deltas, coefs_views, protos, image_size,
-                               output_size):
-        """One image's detections; coefs_views and protos hold one entry per test view (the
-        views' mask probabilities are averaged)."""
+                               output_size, vote=False):
+        """One image's detections and the test scale factor its type votes for (1.0 without
+        ``vote``; masks are left out where it is not 1, as the image is segmented again);
+        coefs_views and protos hold one entry per test view (the views' mask probabilities are
+        averaged)."""
         with record_function("yolact.nms"):
             scores = F.softmax(logits, dim=-1)[:, :self.num_classes]
             candidates = (scores.max(dim=1).values > self.score_thresh).nonzero().squeeze(1)
@@ -273,6 +277,9 @@ class Yolact(DenseDetector):
             boxes.clip((out_h, out_w))
             result = Instances((out_h, out_w), pred_boxes=boxes, scores=kept_scores,
                                pred_classes=classes)
+        factor = self._voted_factor(classes, kept_scores) if vote else 1.0
+        if factor != 1.0:
+            return result, factor
         with record_function("yolact.masks"):
             s = self.proto_stride  # prototypes of the image, without the batch's padding:
             rows, cols = math.ceil(image_size[0] / s), math.ceil(image_size[1] / s)
@@ -281,4 +288,9 @@ class Yolact(DenseDetector):
             result.pred_masks = paste_masks(image_proto, kept_coefs, boxes.tensor,
                                             (out_h, out_w), (s * scale_y, s * scale_x),
                                             self.mask_thresh)
-        return result
+        return result, factor
+
+    def _voted_factor(self, classes, scores):
+        """The test scale factor of the type most detections above the vote threshold hold."""
+        votes = torch.bincount(classes[scores > self.type_vote_thresh], minlength=self.num_classes)
+        return 1.0 if votes.sum() == 0 else self.rescale_by_type[int(votes.argmax())]
