@@ -49,10 +49,17 @@ def add_yolact_config(cfg):
     # Test-time augmentation: also run the image flipped ("horizontal", "vertical"; both:
     # all 4 combinations) and average the views anchor by anchor. Costs one pass per view.
     _C.TEST_FLIPS = []
-    # Test scale per cell type: one factor per class (empty: off). Each image's type is voted
-    # by its detections above TEST.INSTANCE_SCORE_THRESH (Sartorius images hold one type);
-    # where that type's factor is not 1 the image is segmented again at factor x the test
-    # scale, and those detections are kept. Costs a second pass for those images.
+    # An image's type: the class most of its detections above TEST_TYPE_VOTE_THRESH hold (after
+    # per-class Fast NMS). Used by the two options below, for images that hold one cell type
+    # (Sartorius, LIVECell).
+    _C.TEST_TYPE_VOTE_THRESH = 0.5
+    # Every detection takes the image's type, scored by its foreground probability (1 - the
+    # background's), and Fast NMS runs again over that one class: a cell the classifier
+    # splits between two types is one detection of the image's type, not two of either.
+    _C.TEST_ONE_TYPE_PER_IMAGE = False
+    # Test scale per cell type: one factor per class (empty: off). Where the image's type's
+    # factor is not 1 the image is segmented again at factor x the test scale, and those
+    # detections are kept. Costs a second pass for those images.
     _C.TEST_RESCALE_BY_TYPE = []
     # Padding multiple for the input batch. P6/P7 come from P5 by strided convs, so 32 (the
     # FPN top-down path's need) is enough; the FPN's own 128 would pad 520 to 640.

@@ -171,7 +171,7 @@ def test_rescale_by_type_runs_the_voted_types_scale(monkeypatch):
             factors[voted] = factor
             model = build_model(tiny_cfg(**{"MODEL.YOLACT.TEST_RESCALE_BY_TYPE": str(factors),
                                             "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0,
-                                            "TEST.INSTANCE_SCORE_THRESH": 0.3})).eval()
+                                            "MODEL.YOLACT.TEST_TYPE_VOTE_THRESH": 0.3})).eval()
             model.load_state_dict(plain.state_dict())
             pasted.clear()
             got = model([{"image": image}])[0]["instances"]
@@ -183,6 +183,33 @@ def test_rescale_by_type_runs_the_voted_types_scale(monkeypatch):
     assert len(expected) != len(first) or not torch.allclose(expected.scores, first.scores)
     with pytest.raises(ValueError, match="TEST_RESCALE_BY_TYPE"):
         build_model(tiny_cfg(**{"MODEL.YOLACT.TEST_RESCALE_BY_TYPE": "[2.0]"}))
+
+
+def test_one_type_per_image_gives_every_detection_the_voted_type():
+    """Per class, Fast NMS keeps a cell twice when the classifier splits it between two types
+    (A: cort, B: astro, same place); with TEST_ONE_TYPE_PER_IMAGE the image's type (astro:
+    B and C vote for it above 0.5, A for cort) goes to every detection, each scored by its
+    foreground probability, and the duplicate goes: A (fg 0.95) suppresses B (fg 0.9)."""
+    probs = torch.tensor([[0.0, 0.30, 0.65, 0.05],    # A: cort (class 2); background last
+                          [0.0, 0.55, 0.35, 0.10],    # B: astro, IoU 0.68 with A
+                          [0.0, 0.70, 0.00, 0.30],    # C: astro, elsewhere
+                          [0.0, 0.01, 0.01, 0.98]])   # background
+    anchors = Boxes(torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [40, 40, 50, 50],
+                                  [20, 20, 30, 30]]))
+    args = (anchors, probs.clamp(min=1e-9).log(), torch.zeros(4, 4), [torch.zeros(4, 8)],
+            [torch.zeros(8, 16, 16)], (64, 64), (64, 64))
+    for one_type in (False, True):
+        model = build_model(tiny_cfg(**{"MODEL.YOLACT.TEST_ONE_TYPE_PER_IMAGE": str(one_type),
+                                        "MODEL.YOLACT.TEST_TYPE_VOTE_THRESH": 0.5})).eval()
+        got, factor = model.inference_single_image(*args)
+        assert factor == 1.0 and got.pred_masks.shape == (len(got), 64, 64)
+        if not one_type:
+            assert got.pred_classes.tolist() == [1, 2, 1]
+            assert torch.allclose(got.scores, torch.tensor([0.70, 0.65, 0.55]))
+        else:
+            assert got.pred_classes.tolist() == [1, 1]
+            assert torch.allclose(got.scores, torch.tensor([0.95, 0.70]))
+            assert torch.equal(got.pred_boxes.tensor, anchors.tensor[[0, 2]])
 
 
 def brute_force_match(gt, anchors, pos, neg):

@@ -84,7 +84,8 @@ class Yolact(DenseDetector):
                                      or min(self.rescale_by_type) <= 0):
             raise ValueError(f"MODEL.YOLACT.TEST_RESCALE_BY_TYPE needs one positive factor per "
                              f"class ({y.NUM_CLASSES}), got {list(y.TEST_RESCALE_BY_TYPE)}")
-        self.type_vote_thresh = cfg.TEST.INSTANCE_SCORE_THRESH
+        self.type_vote_thresh = y.TEST_TYPE_VOTE_THRESH
+        self.one_type_per_image = y.TEST_ONE_TYPE_PER_IMAGE
         dims = sorted({self.FLIP_DIMS[f] for f in y.TEST_FLIPS})
         self.test_views = [v for r in range(len(dims) + 1) for v in itertools.combinations(dims, r)]
 
@@ -256,8 +257,9 @@ class Yolact(DenseDetector):
 
     def inference_single_image(self, anchors, logits, deltas, coefs_views, protos, image_size,
                                output_size, vote=False):
-        """One image's detections and the test scale factor its type votes for (1.0 without
-        ``vote``; masks are left out where it is not 1, as the image is segmented again);
+        """One image's detections (all of the image's voted type with
+        MODEL.YOLACT.TEST_ONE_TYPE_PER_IMAGE) and the test scale factor of that type (1.0
+        without ``vote``; masks are left out where it is not 1, as the image is segmented again);
         coefs_views and protos hold one entry per test view (the views' mask probabilities are
         averaged)."""
         with record_function("yolact.nms"):
@@ -266,9 +268,17 @@ class Yolact(DenseDetector):
             boxes = Boxes(self.box2box_transform.apply_deltas(deltas[candidates],
                                                               anchors.tensor[candidates]))
             boxes.clip(image_size)
-            keep, classes, kept_scores = fast_nms(boxes.tensor, scores[candidates],
-                                                  self.score_thresh, self.nms_thresh,
-                                                  self.topk_candidates, self.max_detections)
+            scores = scores[candidates]
+            keep, classes, kept_scores = fast_nms(boxes.tensor, scores, self.score_thresh,
+                                                  self.nms_thresh, self.topk_candidates,
+                                                  self.max_detections)
+            image_type = self._voted_type(classes, kept_scores) \
+                if vote or self.one_type_per_image else None
+            if self.one_type_per_image and image_type is not None:
+                keep, _, kept_scores = fast_nms(boxes.tensor, scores.sum(dim=1, keepdim=True),
+                                                self.score_thresh, self.nms_thresh,
+                                                self.topk_candidates, self.max_detections)
+                classes = torch.full_like(keep, image_type)
         with record_function("yolact.postprocess"):
             out_h, out_w = int(output_size[0]), int(output_size[1])
             scale_y, scale_x = out_h / image_size[0], out_w / image_size[1]
@@ -277,7 +287,7 @@ class Yolact(DenseDetector):
             boxes.clip((out_h, out_w))
             result = Instances((out_h, out_w), pred_boxes=boxes, scores=kept_scores,
                                pred_classes=classes)
-        factor = self._voted_factor(classes, kept_scores) if vote else 1.0
+        factor = 1.0 if image_type is None or not vote else self.rescale_by_type[image_type]
         if factor != 1.0:
             return result, factor
         with record_function("yolact.masks"):
@@ -290,7 +300,7 @@ class Yolact(DenseDetector):
                                             self.mask_thresh)
         return result, factor
 
-    def _voted_factor(self, classes, scores):
-        """The test scale factor of the type most detections above the vote threshold hold."""
+    def _voted_type(self, classes, scores):
+        """The class most detections above the vote threshold hold (None if there are none)."""
         votes = torch.bincount(classes[scores > self.type_vote_thresh], minlength=self.num_classes)
-        return 1.0 if votes.sum() == 0 else self.rescale_by_type[int(votes.argmax())]
+        return None if votes.sum() == 0 else int(votes.argmax())
