@@ -4,12 +4,13 @@ Runs as N processes on CPUs too (gloo; `tools/train_net.py --num-gpus N`)."""
 import contextlib
 import functools
 import os
+import time
 import weakref
 from unittest import mock
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, defaults
+from detectron2.engine import DefaultTrainer, SimpleTrainer, defaults
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.solver import build_optimizer
@@ -31,21 +32,46 @@ def build_cell_evaluator(cfg, dataset_name, output_folder):
     ])
 
 
+class CPUAutocastTrainer(SimpleTrainer):
+    """SOLVER.AMP.ENABLED on a CPU: the forward pass and the losses run under bfloat16
+    autocast (convolutions and matrix products in bfloat16, losses in float32), the backward
+    pass and the update as usual. Detectron2's AMPTrainer is CUDA-only (float16 with a
+    gradient scaler); bfloat16 keeps float32's exponent range, so gradients need no scaling.
+    Worth it where the CPU computes bfloat16 natively (AVX512-BF16 / AMX): there the real-cell
+    recipe's iteration takes ~0.55x the time (BENCHMARKS.md); elsewhere it is slower."""
+
+    def run_step(self):
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_dict = self.model(data)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
 @contextlib.contextmanager
-def cpu_ddp(cfg):
+def cpu_training(cfg):
     """Detectron2's create_ddp_model passes device_ids=[local rank], which DDP refuses for a
-    model on the CPU; there it must be None."""
+    model on the CPU; there it must be None. Its AMPTrainer needs CUDA: on the CPU,
+    SOLVER.AMP.ENABLED takes CPUAutocastTrainer instead."""
     if not cfg.MODEL.DEVICE.startswith("cpu"):
         yield
         return
     ddp = functools.partial(defaults.create_ddp_model, device_ids=None)
-    with mock.patch.object(defaults, "create_ddp_model", ddp):
+    with mock.patch.object(defaults, "create_ddp_model", ddp), \
+            mock.patch.object(defaults, "AMPTrainer", CPUAutocastTrainer):
         yield
 
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        with cpu_ddp(cfg):
+        with cpu_training(cfg):
             super().__init__(cfg)
         # Loads (MODEL.WEIGHTS, --resume) refuse a checkpoint that does not fit; saving is
         # unchanged (the checkpoint hook keeps the checkpointer it was built with).

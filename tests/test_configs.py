@@ -1,15 +1,17 @@
 import glob
+import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
 
 import cellseg_d2  # noqa: F401
 from cellseg_d2.config import SetupError, load_cfg
-from cellseg_d2.engine import Trainer
+from cellseg_d2.engine import CPUAutocastTrainer, Trainer
 
-from .conftest import REPO
+from .conftest import CONFIG, REPO, TINY
 
 CONFIGS = sorted(glob.glob(str(REPO / "configs" / "*.yaml")))
 
@@ -108,3 +110,30 @@ def test_mask_rcnn_test_time_augmentation_wraps_every_evaluation(monkeypatch):
     cfg.TEST.AUG.ENABLED = False
     Trainer.test(cfg, model)
     assert isinstance(seen[0], GeneralizedRCNNWithTTA) and seen[1] is model
+
+
+def test_amp_on_cpu_trains_in_bfloat16(tiny_synthetic, tmp_path, monkeypatch):
+    """SOLVER.AMP.ENABLED on a CPU (Detectron2's AMPTrainer needs CUDA): convolutions run in
+    bfloat16, the weights, their gradients and the logged losses stay float32, and the model
+    learns (the update moves every trained layer)."""
+    monkeypatch.setenv("CELLSEG_DATASETS", str(tiny_synthetic))
+    cfg = load_cfg(CONFIG, [*TINY, "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "3",
+                            "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "()",
+                            "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)])
+    trainer = Trainer(cfg)
+    assert isinstance(trainer._trainer, CPUAutocastTrainer)
+    model = trainer.model
+    conv_dtypes = []
+    model.backbone.bottom_up.stem.conv1.register_forward_hook(
+        lambda module, inputs, output: conv_dtypes.append(output.dtype))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.train()
+    assert conv_dtypes == [torch.bfloat16] * 3
+    after = model.state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
+    moved = [k for k, v in after.items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert any(k.startswith("backbone.bottom_up") for k in moved)
+    assert any(k.startswith("protonet") for k in moved), sorted(after)[:20]
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    assert metrics and all(np.isfinite(m["total_loss"]) for m in metrics if "total_loss" in m)
+    assert (tmp_path / "model_final.pth").is_file()

@@ -137,8 +137,8 @@ def test_benchmark_train_step_reports_every_setting(tmp_path):
                     "--repeats", "1", "--json", str(out)], cwd=REPO, check=True,
                    capture_output=True)
     rows = json.loads(out.read_text())["train_step"]
-    assert {(r["malloc"], r["workers"]) for r in rows} == {
-        (m, w) for m in ("default", "kept") for w in (0, 1)}
+    assert {(r["malloc"], r["workers"], r["precision"]) for r in rows} == {
+        (m, w, "float32") for m in ("default", "kept") for w in (0, 1)} | {("kept", 0, "bfloat16")}
     assert all(r["median_s"] > r["median_data_s"] >= 0 for r in rows)
 
 
@@ -179,6 +179,15 @@ def test_train_real_within_budget(tiny_synthetic, tmp_path):
     assert summary["pretrain_iters"] >= 1 and summary["finetune_iters"] >= 1
     assert set(summary["segm_per_class"]) == {"shsy5y", "astro", "cort"}
     assert "cort" in proc.stdout and "s/it" in proc.stdout
+    # --precision auto timed the real images' iteration both ways and trained in the faster.
+    timed = {}
+    for amp in (False, True):
+        with open(out / f"calibration_real_amp_{amp}" / "metrics.json") as f:
+            timed[amp] = np.median([json.loads(line)["time"] for line in f if '"time"' in line])
+    amp = bool(timed[True] < 0.95 * timed[False])
+    assert summary["precision"] == ("bfloat16 autocast" if amp else "float32")
+    assert summary["s_per_it"]["real"] == round(timed[amp], 3)
+    assert yaml.safe_load((out / "config.yaml").read_text())["SOLVER"]["AMP"]["ENABLED"] == amp
     assert len(json.loads((out / "data" / "real" / "annotations" / "val.json").read_text())
                ["images"]) == 2
     assert len(json.loads((out / "data" / "extra" / "annotations" / "train.json").read_text())

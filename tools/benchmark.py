@@ -15,7 +15,8 @@ the YOLACT / Mask R-CNN ratios, and the cost of evaluation per image at --eval-d
 
 --train-step measures YOLACT training iterations instead (tools/benchmark_train.py: 2 images
 each, the Trainer's own loader, model and optimizer, with and without
-cellseg_d2.utils.keep_freed_memory, 0 and 1 loader workers); --whole-well, tools/predict.py
+cellseg_d2.utils.keep_freed_memory, 0 and 1 loader workers, float32 and bfloat16 autocast);
+--whole-well, tools/predict.py
 on square mosaics (tools/benchmark_whole_well.py).
 """
 import argparse
@@ -170,7 +171,8 @@ def main(argv=None):
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--eval-only", action="store_true", help="measure only the evaluation cost")
     p.add_argument("--train-step", action="store_true",
-                   help="measure training iterations (malloc and loader settings) instead")
+                   help="measure training iterations (malloc, loader and precision settings) "
+                        "instead")
     p.add_argument("--whole-well", metavar="SIZES",
                    help="measure tools/predict.py on square mosaics of these sides (e.g. "
                         "1024,2048,4096,8192) instead; see tools/benchmark_whole_well.py")
@@ -183,6 +185,8 @@ def main(argv=None):
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--malloc", choices=("default", "kept"), help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

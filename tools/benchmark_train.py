@@ -1,5 +1,6 @@
 """tools/benchmark.py --train-step: YOLACT training iterations with glibc's default malloc and
-with cellseg_d2.utils.keep_freed_memory, each with 0 and 1 loader workers, side by side."""
+with cellseg_d2.utils.keep_freed_memory, each with 0 and 1 loader workers, and in bfloat16
+autocast (SOLVER.AMP.ENABLED on a CPU) with the training's own setting, side by side."""
 import os
 import resource
 import statistics
@@ -24,6 +25,7 @@ def train_step_worker(args) -> dict:
     from cellseg_d2.config import load_cfg
     from cellseg_d2.engine import Trainer
 
+    amp = args.precision == "bfloat16"
     cfg = load_cfg(args.yolact_config, ["DATASETS.TRAIN", "('synthetic_train',)",
                                         "DATALOADER.NUM_WORKERS", str(args.workers),
                                         "SOLVER.IMS_PER_BATCH", "2", "MODEL.DEVICE", args.device])
@@ -36,14 +38,16 @@ def train_step_worker(args) -> dict:
         t = time.perf_counter()
         batch = next(loader)
         t_data = time.perf_counter()
-        losses = model(batch)
+        with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+            losses = model(batch)  # as Trainer's CPUAutocastTrainer / Detectron2's AMPTrainer
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
         if r >= args.warmup:
             steps.append(time.perf_counter() - t)
             data.append(t_data - t)
-    return {"malloc": args.malloc, "workers": args.workers, "median_s": statistics.median(steps),
+    return {"malloc": args.malloc, "workers": args.workers, "precision": args.precision,
+            "median_s": statistics.median(steps),
             "median_data_s": statistics.median(data),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -60,12 +64,14 @@ def train_step(args) -> dict:
         generate_dataset(data, images_per_type=4, seed=2, progress=False)
         convert_sartorius(data, data, split=(12, 0, 0), progress=False)
         env = dict(os.environ, CELLSEG_DATASETS=root)
-        for workers in (0, 1):
-            for malloc in ("default", "kept"):
-                print(f"measuring training steps: malloc {malloc}, {workers} loader workers ...",
-                      file=sys.stderr, flush=True)
-                rows.append(benchmark.run_subprocess(args, ["--model", "train", "--malloc", malloc,
-                                                  "--workers", str(workers)], env))
+        # tools/train_net.py's own setting (kept, 0 workers) also in bfloat16 autocast.
+        settings = [(m, w, "float32") for w in (0, 1) for m in ("default", "kept")]
+        for malloc, workers, precision in settings + [("kept", 0, "bfloat16")]:
+            print(f"measuring training steps: malloc {malloc}, {workers} loader workers, "
+                  f"{precision} ...", file=sys.stderr, flush=True)
+            rows.append(benchmark.run_subprocess(args, [
+                "--model", "train", "--malloc", malloc, "--workers", str(workers),
+                "--precision", precision], env))
     base = next(r for r in rows if r["malloc"] == "default" and r["workers"] == 1)
     for r in rows:
         r["speedup"] = base["median_s"] / r["median_s"]
@@ -81,10 +87,10 @@ def report_train_step(args) -> int:
     print(f"\n{report['machine']}; device {args.device}; {args.threads} threads; "
           f"{os.path.basename(args.yolact_config)}; median of {args.repeats} iterations "
           f"(2 images) after {args.warmup} warm-up\n")
-    print(f"{'malloc':>8} {'workers':>8} {'s/it':>6} {'data s':>7} {'peak RSS MB':>12} "
-          f"{'vs default, 1 worker':>21}")
+    print(f"{'malloc':>8} {'workers':>8} {'precision':>9} {'s/it':>6} {'data s':>7} "
+          f"{'peak RSS MB':>12} {'vs default, 1 worker':>21}")
     for r in report["train_step"]:
-        print(f"{r['malloc']:>8} {r['workers']:>8} {r['median_s']:>6.2f} "
+        print(f"{r['malloc']:>8} {r['workers']:>8} {r['precision']:>9} {r['median_s']:>6.2f} "
               f"{r['median_data_s']:>7.2f} {r['peak_rss_mb']:>12.0f} {r['speedup']:>20.2f}x")
     path = args.json or "output/benchmark_train.json"
     write_json(path, report)

@@ -9,8 +9,9 @@
    OUTPUT/data/real with a seeded split stratified by cell type (--split; by default 26,8,0,
    which on sartorius_recon is exactly sartorius_recon_{train,val});
 2. generates fresh synthetic images of the three cell types (the project's generator);
-3. measures this machine's seconds per iteration on each stage's data (6 iterations each) and
-   shares the remaining time (--pretrain-share of it to pretraining; re-planned after
+3. measures this machine's seconds per iteration on each stage's data (6 iterations each;
+   with --precision auto, the real images' in float32 and in bfloat16 autocast, and trains in
+   the faster) and shares the remaining time (--pretrain-share of it to pretraining; re-planned after
    pretraining, so the budget holds) between pretraining on the synthetic images and
    fine-tuning on the real training images;
 4. evaluates on the real validation images and prints the per-class table.
@@ -123,6 +124,10 @@ def main(argv=None):
     p.add_argument("--extra-scale", type=float, default=0.67,
                    help="rescaling of the --extra images (0.67: Usiigaci's fibroblasts to the "
                         "median area of Sartorius' astrocytes)")
+    p.add_argument("--precision", choices=("auto", "bfloat16", "float32"), default="auto",
+                   help="training arithmetic; auto: the real images' iteration is timed in "
+                        "both and bfloat16 autocast (SOLVER.AMP.ENABLED) taken if it is at least "
+                        "5%% faster, as on CPUs with AVX512-BF16 / AMX (evaluation is float32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both stages")
     args = p.parse_args(argv)
@@ -152,13 +157,28 @@ def main(argv=None):
           (f", {args.extra} -> {data_root}/extra" if args.extra else ""))
     pretrain_sets = str(("synthetic_train", "extra_train") if args.extra else ("synthetic_train",))
 
-    common = ["SEED", args.seed, *args.opts]
     no_eval = ["DATASETS.TEST", "()"]  # the stages before the last are not evaluated
     # Each stage is timed on its own data: synthetic crops hold more cells than real ones
     # and cost Mask R-CNN (whose mask head runs per cell) about twice as much per iteration.
-    s_it = {stage: calibrate(config, dataset, os.path.join(out, f"calibration_{stage}"),
-                             no_eval + common, data_root)
-            for stage, dataset in (("synthetic", pretrain_sets), ("real", "('real_train',)"))}
+    s_it = {}
+    if args.precision == "auto":
+        timed = {amp: calibrate(config, "('real_train',)",
+                                os.path.join(out, f"calibration_real_amp_{amp}"),
+                                [*no_eval, "SEED", args.seed, "SOLVER.AMP.ENABLED", amp,
+                                 *args.opts], data_root)
+                 for amp in (False, True)}
+        amp = timed[True] < 0.95 * timed[False]
+        s_it["real"] = timed[amp]
+        print(f"[{time.time() - start:5.0f} s] {timed[False]:.2f} s/it in float32, "
+              f"{timed[True]:.2f} s/it with bfloat16 autocast: training in "
+              f"{'bfloat16 autocast' if amp else 'float32'}")
+    else:
+        amp = args.precision == "bfloat16"
+    common = ["SEED", args.seed, "SOLVER.AMP.ENABLED", amp, *args.opts]
+    stages = (("synthetic", pretrain_sets), ("real", "('real_train',)"))
+    s_it.update({stage: calibrate(config, dataset, os.path.join(out, f"calibration_{stage}"),
+                                  no_eval + common, data_root)
+                 for stage, dataset in stages if stage not in s_it})
     left = args.minutes * 60 - (time.time() - start) - eval_reserve
     pre = (max(1, int(left * args.pretrain_share / (s_it["synthetic"] * 1.04)))
            if args.pretrain_share > 0 else 0)  # 4%: each stage's start-up
@@ -175,22 +195,24 @@ def main(argv=None):
         weights = os.path.join(out, "pretrain", "model_final.pth")
         # Re-plan with the time actually left, and the real images' s/it scaled by how far the
         # pretraining's own s/it was from its calibration (both were timed in the same
-        # conditions; a longer run on a busy machine drifts the same way).
+        # conditions; a longer run on a busy machine drifts the same way). Faster than
+        # calibrated counts down to 0.9x: bfloat16 iterations speed up over the first ~50 (to
+        # ~0.8x the 6 calibrated on one core), float32 ones drift by +-5%.
         drift = seconds_per_iteration(os.path.join(out, "pretrain", "metrics.json")) \
             / s_it["synthetic"]
         drift = drift if drift == drift else 1.0  # NaN: pretraining too short to log a time
         left = args.minutes * 60 - (time.time() - start) - eval_reserve
-        fine = max(1, int(left / (s_it["real"] * max(drift, 1.0) * 1.02)))
+        fine = max(1, int(left / (s_it["real"] * max(drift, 0.9) * 1.02)))
         print(f"[{time.time() - start:5.0f} s] pretrained -> {weights}; {fine} iterations on the "
               f"real images")
     train_net(config, ["MODEL.WEIGHTS", weights, *schedule(fine), "TEST.EVAL_PERIOD", fine,
                        "OUTPUT_DIR", out, *common], data_root, os.path.join(out, "finetune.log"))
     wall = time.time() - start
-    report(out, wall, s_it, pre, fine, args)
+    report(out, wall, s_it, pre, fine, args, amp)
     return 0
 
 
-def report(out, wall, s_it, pre, fine, args):
+def report(out, wall, s_it, pre, fine, args, amp):
     with open(os.path.join(out, "inference", "real_val", "per_class_segm.json")) as f:
         table = json.load(f)
     with open(os.path.join(out, "metrics.json")) as f:
@@ -202,12 +224,14 @@ def report(out, wall, s_it, pre, fine, args):
         kaggle = final.get(f"kaggle/score-{name}", float("nan"))
         print(f"{name:8s} {v['AP']:6.1f} {v['AP50']:6.1f} {v['AP75']:6.1f} {kaggle:7.1f}")
     print(f"wall time {wall / 60:.1f} min ({pre} iterations at {s_it['synthetic']:.2f} s/it + "
-          f"{fine} at {s_it['real']:.2f} s/it, as calibrated); "
+          f"{fine} at {s_it['real']:.2f} s/it, as calibrated, "
+          f"{'bfloat16 autocast' if amp else 'float32'}); "
           f"model: {out}/model_final.pth, config: {out}/config.yaml")
     write_json(os.path.join(out, "train_real.json"), {
         "data": os.path.abspath(args.data), "arch": args.arch, "minutes_budget": args.minutes,
         "wall_s": round(wall, 1), "s_per_it": {k: round(v, 3) for k, v in s_it.items()},
-        "pretrain_iters": pre, "finetune_iters": fine, "seed": args.seed, "segm_per_class": table,
+        "precision": "bfloat16 autocast" if amp else "float32", "pretrain_iters": pre,
+        "finetune_iters": fine, "seed": args.seed, "segm_per_class": table,
         "metrics": {k: v for k, v in final.items() if "/" in k}})
 
 
