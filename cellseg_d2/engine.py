@@ -38,7 +38,7 @@ class CPUAutocastTrainer(SimpleTrainer):
     pass and the update as usual. Detectron2's AMPTrainer is CUDA-only (float16 with a
     gradient scaler); bfloat16 keeps float32's exponent range, so gradients need no scaling.
     Worth it where the CPU computes bfloat16 natively (AVX512-BF16 / AMX): there the real-cell
-    recipe's iteration takes ~0.55x the time (BENCHMARKS.md); elsewhere it is slower."""
+    recipe's iteration takes 0.55-0.7x the time (BENCHMARKS.md); elsewhere it is slower."""
 
     def run_step(self):
         assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"

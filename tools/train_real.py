@@ -11,9 +11,9 @@
 2. generates fresh synthetic images of the three cell types (the project's generator);
 3. measures this machine's seconds per iteration on each stage's data (6 iterations each;
    with --precision auto, the real images' in float32 and in bfloat16 autocast, and trains in
-   the faster) and shares the remaining time (--pretrain-share of it to pretraining; re-planned after
-   pretraining, so the budget holds) between pretraining on the synthetic images and
-   fine-tuning on the real training images;
+   the faster) and shares the remaining time (--pretrain-share of it to pretraining;
+   re-planned after pretraining, so the budget holds) between pretraining on the synthetic
+   images and fine-tuning on the real training images;
 4. evaluates on the real validation images and prints the per-class table.
 
 OUTPUT holds Detectron2's usual config.yaml, model_final.pth, metrics.json and
