@@ -16,8 +16,7 @@ the YOLACT / Mask R-CNN ratios, and the cost of evaluation per image at --eval-d
 --train-step measures YOLACT training iterations instead (tools/benchmark_train.py: 2 images
 each, the Trainer's own loader, model and optimizer, with and without
 cellseg_d2.utils.keep_freed_memory, 0 and 1 loader workers, float32 and bfloat16 autocast);
---whole-well, tools/predict.py
-on square mosaics (tools/benchmark_whole_well.py).
+--whole-well, tools/predict.py on square mosaics (tools/benchmark_whole_well.py).
 """
 import argparse
 import json

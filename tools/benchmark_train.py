@@ -39,7 +39,7 @@ def train_step_worker(args) -> dict:
         batch = next(loader)
         t_data = time.perf_counter()
         with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-            losses = model(batch)  # as Trainer's CPUAutocastTrainer / Detectron2's AMPTrainer
+            losses = model(batch)  # as cellseg_d2.engine.CPUAutocastTrainer
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()

@@ -45,6 +45,7 @@ CONFIGS = os.path.join(TOOLS, "..", "configs")
 # its 2 views took 3.4 min on one core.
 ARCHS = {"yolact": ("real_R18_cpu.yaml", 180), "maskrcnn": ("real_maskrcnn_R18_cpu.yaml", 300)}
 CALIBRATION_ITERS = 6  # per stage
+PRECISION_NAMES = {False: "float32", True: "bfloat16 autocast"}  # by SOLVER.AMP.ENABLED
 
 
 def train_net(config, opts, data_root, log_path):
@@ -160,21 +161,23 @@ def main(argv=None):
     no_eval = ["DATASETS.TEST", "()"]  # the stages before the last are not evaluated
     # Each stage is timed on its own data: synthetic crops hold more cells than real ones
     # and cost Mask R-CNN (whose mask head runs per cell) about twice as much per iteration.
+    def stage_opts(amp: bool) -> list:
+        return ["SEED", args.seed, "SOLVER.AMP.ENABLED", amp, *args.opts]
+
     s_it = {}
     if args.precision == "auto":
         timed = {amp: calibrate(config, "('real_train',)",
                                 os.path.join(out, f"calibration_real_amp_{amp}"),
-                                [*no_eval, "SEED", args.seed, "SOLVER.AMP.ENABLED", amp,
-                                 *args.opts], data_root)
+                                no_eval + stage_opts(amp), data_root)
                  for amp in (False, True)}
         amp = timed[True] < 0.95 * timed[False]
         s_it["real"] = timed[amp]
         print(f"[{time.time() - start:5.0f} s] {timed[False]:.2f} s/it in float32, "
               f"{timed[True]:.2f} s/it with bfloat16 autocast: training in "
-              f"{'bfloat16 autocast' if amp else 'float32'}")
+              f"{PRECISION_NAMES[amp]}")
     else:
         amp = args.precision == "bfloat16"
-    common = ["SEED", args.seed, "SOLVER.AMP.ENABLED", amp, *args.opts]
+    common = stage_opts(amp)
     stages = (("synthetic", pretrain_sets), ("real", "('real_train',)"))
     s_it.update({stage: calibrate(config, dataset, os.path.join(out, f"calibration_{stage}"),
                                   no_eval + common, data_root)
@@ -225,12 +228,12 @@ def report(out, wall, s_it, pre, fine, args, amp):
         print(f"{name:8s} {v['AP']:6.1f} {v['AP50']:6.1f} {v['AP75']:6.1f} {kaggle:7.1f}")
     print(f"wall time {wall / 60:.1f} min ({pre} iterations at {s_it['synthetic']:.2f} s/it + "
           f"{fine} at {s_it['real']:.2f} s/it, as calibrated, "
-          f"{'bfloat16 autocast' if amp else 'float32'}); "
+          f"{PRECISION_NAMES[amp]}); "
           f"model: {out}/model_final.pth, config: {out}/config.yaml")
     write_json(os.path.join(out, "train_real.json"), {
         "data": os.path.abspath(args.data), "arch": args.arch, "minutes_budget": args.minutes,
         "wall_s": round(wall, 1), "s_per_it": {k: round(v, 3) for k, v in s_it.items()},
-        "precision": "bfloat16 autocast" if amp else "float32", "pretrain_iters": pre,
+        "precision": PRECISION_NAMES[amp], "pretrain_iters": pre,
         "finetune_iters": fine, "seed": args.seed, "segm_per_class": table,
         "metrics": {k: v for k, v in final.items() if "/" in k}})
 
