@@ -1,10 +1,25 @@
-"""Small helpers shared by tools: atomic file writes with the user's permissions."""
+"""Small helpers shared by tools: atomic file writes with the user's permissions, file names
+fit for text files."""
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
 import tempfile
+
+
+def _percent_escape(error: UnicodeDecodeError):
+    return "".join(f"%{b:02X}" for b in error.object[error.start:error.end]), error.end
+
+
+codecs.register_error("cellseg_d2.percent", _percent_escape)
+
+
+def printable(path) -> str:
+    """``path`` as text for messages, tables and JSON: a name holding bytes that are not UTF-8
+    (copied from an old share, ``caf\\xe9.png``) gets them as %XX (``caf%E9.png``)."""
+    return os.fsencode(path).decode("utf-8", "cellseg_d2.percent")
 
 
 def current_umask() -> int:

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import detectron2, cellseg_d2" 2>/dev/null; then
     # An existing .venv gets what requirements.txt added since it was made.
-    if ! "$VENV/bin/python" -c "import tifffile, roifile, skimage, faster_coco_eval" 2>/dev/null; then
+    if ! "$VENV/bin/python" -c "import tifffile, imagecodecs, roifile, skimage, faster_coco_eval" 2>/dev/null; then
         echo "[setup] installing new requirements into $VENV"
         "$VENV/bin/python" -m pip install -q -r requirements.txt
     fi

@@ -1,23 +1,43 @@
-"""Image reading for phase-contrast microscopy: 8-bit PNG/TIF and 16-bit TIFF.
+"""Image reading for phase-contrast microscopy: 8-bit PNG/TIF, 16-bit and float TIFF.
 
 8-bit images are used as they are. Images with more than 8 bits (16-bit TIFF, float) are scaled
 linearly so that their 0.5th percentile maps to 0 and the 99.5th to 255 (clipped), which keeps
-the dim phase-contrast range instead of dividing by 65535 and getting a black image.
+the dim phase-contrast range instead of dividing by 65535 and getting a black image; alpha is
+dropped first and non-finite pixels (NaN, inf) are left out of the percentiles and drawn black.
 Grayscale is replicated to 3 channels, since Detectron2 models expect 3-channel input.
+
+TIFFs are read with tifffile (any compression, planar or interleaved samples, several pages);
+other formats with OpenCV. Files are read as bytes, so any file name works (OpenCV's own file
+reading crashes on names that are not UTF-8). Of a multi-page TIFF the first page that is not
+blank is segmented; of an image whose channels are not 1, 3 or 4, the first channel. Both are
+said once per file, on stderr.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import cv2
 import numpy as np
 
+from ..utils import printable
+
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 PERCENTILES = (0.5, 99.5)
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_warned = set()
 
 
 class ImageReadError(OSError):
     pass
+
+
+def warn_once(path: str, message: str) -> None:
+    """One ``warning:`` line per file and message in this process (training reads every image
+    many times)."""
+    if (path, message) not in _warned:
+        _warned.add((path, message))
+        print(f"warning: {printable(path)}: {message}", file=sys.stderr, flush=True)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -25,32 +45,88 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     img = image.astype(np.float32)
-    lo, hi = np.percentile(img, PERCENTILES)
+    finite = np.isfinite(img)
+    values = img if finite.all() else img[finite]
+    if values.size == 0:
+        return np.zeros(img.shape, np.uint8)
+    lo, hi = np.percentile(values, PERCENTILES)
     if hi <= lo:
         hi = lo + 1.0
+    img[~finite] = lo
     return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
 
 
+def _read_tiff(path: str, data: bytes) -> np.ndarray:
+    """The page to segment, as (H, W) or (H, W, C) with colour in BGR order."""
+    import io
+
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        pages = [p for p in tif.pages if p.shape]
+        if not pages:
+            raise ValueError("no image in the file")
+        chosen, image = 0, None
+        for k, page in enumerate(pages):
+            image = page.asarray()
+            if len(pages) == 1 or image.min() != image.max():
+                chosen = k
+                break
+        else:  # every page blank: the first
+            chosen, image = 0, pages[0].asarray()
+        page = pages[chosen]
+        if page.axes.startswith("S"):  # planar samples -> interleaved
+            image = np.moveaxis(image, 0, -1)
+        if image.ndim == 3 and str(page.photometric.name) == "RGB" and image.shape[2] in (3, 4):
+            image = image[:, :, [2, 1, 0, 3][:image.shape[2]]]  # BGR(A), as OpenCV reads it
+    if len(pages) > 1:
+        why = ", the first that is not blank" if chosen else ""
+        warn_once(path, f"{len(pages)} pages (a stack?): segmenting only page {chosen + 1}{why}; "
+                        f"save each page as its own file to segment the others")
+    return image
+
+
 def read_unchanged(path: str) -> np.ndarray:
-    """The array stored in ``path`` (its own dtype and channels); one ImageReadError naming the
-    file if it is missing or unreadable."""
+    """The 2-D image stored in ``path`` (its own dtype and channels; of several pages, the one
+    read_image segments); one ImageReadError naming the file if it is missing or unreadable."""
+    name = printable(path)
     if not os.path.isfile(path):
-        raise ImageReadError(f"{path}: image file not found")
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        raise ImageReadError(f"{name}: image file not found")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageReadError(f"{name}: cannot be read ({e.strerror})") from None
+    image = None
+    if data[:4] in _TIFF_MAGIC:
+        try:
+            image = _read_tiff(path, data)
+        except Exception as e:  # tifffile and its codecs raise many types for damaged files
+            raise ImageReadError(f"{name}: not a readable TIFF ({e})") from None
+    elif data:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ImageReadError(f"{path}: not a readable image (PNG/TIFF/JPEG expected)")
+        raise ImageReadError(f"{name}: not a readable image (PNG/TIFF/JPEG expected)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim > 3 or (image.ndim == 3 and image.shape[2] not in (3, 4)) or image.ndim < 2:
+        shape = "x".join(map(str, image.shape))
+        if image.ndim < 2 or min(image.shape[:2]) == 0:
+            raise ImageReadError(f"{name}: not a 2-D image (shape {shape})")
+        warn_once(path, f"array of shape {shape}, not 1, 3 or 4 channels; segmenting its "
+                        f"first channel")
+        image = image.reshape(*image.shape[:2], -1)[:, :, 0]
     return image
 
 
 def read_image(path: str, format: str = "BGR") -> np.ndarray:
     """Read ``path`` as an HxWx3 uint8 array in ``format`` ("BGR" or "RGB")."""
-    image = to_uint8(read_unchanged(path))
+    image = read_unchanged(path)
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]  # alpha is not part of the picture, nor of its percentiles
+    image = to_uint8(image)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    elif image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
     if format == "RGB":
         image = image[:, :, ::-1]
     elif format != "BGR":
@@ -61,14 +137,5 @@ def read_image(path: str, format: str = "BGR") -> np.ndarray:
 def decoded_size(path: str) -> tuple[int, int]:
     """(height, width) of an image file after decoding all of it, so that a truncated or
     corrupt file is caught here rather than at training time."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            width, height = im.size
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: image file not found") from None
-    except Exception as e:  # PIL raises several types for unreadable files
-        raise ImageReadError(f"{path}: not a readable image ({e})") from None
-    return height, width
+    image = read_unchanged(path)
+    return image.shape[0], image.shape[1]
