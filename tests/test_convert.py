@@ -243,3 +243,47 @@ def test_coco_json_input_errors_name_the_field(tiny_synthetic, tmp_path):
     with pytest.raises(ConversionError, match="images\\[0\\]: .*missing.png: image file not found"):
         convert_coco(str(path), str(tmp_path / "x"), split=(2, 2, 0))
     assert not (tmp_path / "x").exists()
+
+
+def _user_export(tiny_synthetic):
+    src = json.loads((tiny_synthetic / "synthetic" / "annotations" / "train.json").read_text())
+    return src, tiny_synthetic / "synthetic" / "export.json"
+
+
+def test_coco_json_merged_exports_are_refused(tiny_synthetic, tmp_path):
+    from cellseg_d2.data.coco_input import read_coco_export
+
+    src, path = _user_export(tiny_synthetic)
+    merged = dict(src, images=src["images"] + [dict(src["images"][0], file_name="other.png")])
+    path.write_text(json.dumps(merged))
+    with pytest.raises(ConversionError, match=f"images\\[4\\] has id {src['images'][0]['id']}, "
+                                              f"which images\\[0\\] also has \\(merged exports"):
+        read_coco_export(str(path), str(tmp_path / "x"), split=(2, 2, 0))
+    twice = dict(src, images=src["images"] + [dict(src["images"][0], id=99)])
+    path.write_text(json.dumps(twice))
+    with pytest.raises(ConversionError, match="images\\[4\\] \\(id 99\\) is .*, which images\\[0\\] "
+                                              "also is \\(an image listed twice"):
+        read_coco_export(str(path), str(tmp_path / "x"), split=(2, 2, 0))
+    stray = dict(src, annotations=src["annotations"] + [dict(src["annotations"][0], id=999,
+                                                             image_id=12345)])
+    path.write_text(json.dumps(stray))
+    with pytest.raises(ConversionError, match="annotations\\[.*\\] \\(id 999\\) has image_id 12345, "
+                                              "not an image"):
+        read_coco_export(str(path), str(tmp_path / "x"), split=(2, 2, 0))
+    assert not (tmp_path / "x").exists()
+
+
+def test_coco_json_unannotated_images_are_left_out_or_kept(tiny_synthetic, tmp_path):
+    from cellseg_d2.data.coco_input import read_coco_export
+
+    src, path = _user_export(tiny_synthetic)
+    empty_id = src["images"][1]["id"]
+    path.write_text(json.dumps(dict(src, annotations=[a for a in src["annotations"]
+                                                      if a["image_id"] != empty_id])))
+    result, left_out = read_coco_export(str(path), str(tmp_path / "x"), split=(0.5, 0.5, 0))
+    assert left_out == 1
+    kept = [im["id"] for s in result.values() for im in s["images"]]
+    assert sorted(kept) == sorted(im["id"] for im in src["images"] if im["id"] != empty_id)
+    result, left_out = read_coco_export(str(path), str(tmp_path / "x"), split=(2, 2, 0),
+                                        keep_empty=True)
+    assert left_out == 0 and sum(len(s["images"]) for s in result.values()) == 4

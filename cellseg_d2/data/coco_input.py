@@ -8,10 +8,16 @@ from collections import Counter
 
 import pycocotools.mask as mask_util
 
-from ..utils import write_json
+from .coco_checks import check_annotations, check_categories, check_images, to_rle
 from .image_io import ImageReadError, decoded_size
-from .mapper import annotation_rles
-from .sartorius import SARTORIUS_CATEGORIES, SARTORIUS_CLASSES, SPLITS, ConversionError, split_images
+from .sartorius import (
+    SARTORIUS_CATEGORIES,
+    SARTORIUS_CLASSES,
+    SPLITS,
+    ConversionError,
+    split_images,
+    write_splits,
+)
 
 
 def read_json(path: str, what: str, error=ConversionError):
@@ -34,25 +40,39 @@ def read_coco(path: str, what: str = "COCO JSON", error=ConversionError) -> dict
     return data
 
 
-def convert_coco(json_path: str, out_dir: str, split, seed: int = 0) -> dict:
-    """Write ``out_dir/annotations/{train,val,test}.json`` from a COCO JSON whose categories are
-    named after the project's classes (shsy5y, astro, cort; any case) and whose image
-    ``file_name``s are relative to the JSON's folder (or absolute). Images are split stratified
-    by the class most of their cells have; every image is decoded in full first, so an
-    unreadable one is one error naming it and nothing is written. Returns {split: coco dict}."""
+def convert_coco(json_path: str, out_dir: str, split, seed: int = 0,
+                 keep_empty: bool = False) -> dict:
+    """Write ``out_dir/annotations/{train,val,test}.json`` from a COCO JSON (read_coco_export).
+    Returns {split: coco dict}."""
+    result, _ = read_coco_export(json_path, out_dir, split, seed, keep_empty)
+    write_splits(out_dir, result)
+    return result
+
+
+def read_coco_export(json_path: str, out_dir: str, split, seed: int = 0,
+                     keep_empty: bool = False) -> tuple:
+    """({split: coco dict}, images left out) of a COCO JSON whose categories are named after
+    the project's classes (shsy5y, astro, cort; any case) and whose image ``file_name``s are
+    relative to the JSON's folder (or absolute); nothing is written. The file is checked first
+    (data.coco_checks: integer ids used once, no image listed twice, annotations of listed
+    images and categories with masks of their image's size) and every image decoded in full,
+    so a bad entry or unreadable image is one error naming it. Images without annotations are
+    left out (their number is returned) unless ``keep_empty``. Images are split stratified by
+    the class most of their cells have."""
     data = read_coco(json_path)
+    listed = check_images(data, json_path, ConversionError, need_size=False)
+    cats = check_categories(data, json_path, ConversionError)
     to_ours = {}
-    for c in data["categories"]:
-        name = str(c.get("name", "")).lower()
-        if name not in SARTORIUS_CLASSES:
-            raise ConversionError(f"{json_path}: category {c.get('name')!r} (id {c.get('id')}) is "
-                                  f"not one of {', '.join(SARTORIUS_CLASSES)}")
-        to_ours[c["id"]] = SARTORIUS_CLASSES.index(name) + 1
+    for cat_id, name in cats.items():
+        if name.lower() not in SARTORIUS_CLASSES:
+            raise ConversionError(f"{json_path}: category {name!r} (id {cat_id}) is not one of "
+                                  f"{', '.join(SARTORIUS_CLASSES)}")
+        to_ours[cat_id] = SARTORIUS_CLASSES.index(name.lower()) + 1
     base = os.path.dirname(os.path.abspath(json_path))
     images = {}
-    for i, im in enumerate(data["images"]):
-        if "id" not in im or "file_name" not in im:
-            raise ConversionError(f"{json_path}: images[{i}] needs 'id' and 'file_name'")
+    for i, (image_id, im) in enumerate(listed.items()):
+        if "file_name" not in im:
+            raise ConversionError(f"{json_path}: images[{i}] (id {image_id}) has no 'file_name'")
         path = os.path.join(base, im["file_name"])
         try:
             height, width = decoded_size(path)
@@ -61,28 +81,25 @@ def convert_coco(json_path: str, out_dir: str, split, seed: int = 0) -> dict:
         if (im.get("height", height), im.get("width", width)) != (height, width):
             raise ConversionError(f"{path}: image is {width}x{height} but {json_path} says "
                                   f"{im['width']}x{im['height']}")
-        images[im["id"]] = {"id": im["id"], "height": height, "width": width,
+        images[image_id] = {"id": image_id, "height": height, "width": width,
                             "file_name": os.path.relpath(path, os.path.abspath(out_dir))}
+    sizes = {i: (im["height"], im["width"]) for i, im in images.items()}
+    check_annotations(data, json_path, ConversionError, sizes, cats)
     anns, classes = {i: [] for i in images}, {i: Counter() for i in images}
-    for k, a in enumerate(data["annotations"]):
-        where = f"{json_path}: annotations[{k}] (id {a.get('id')})"
-        if a.get("image_id") not in images:
-            raise ConversionError(f"{where}: image_id {a.get('image_id')!r} is not an image")
-        if a.get("category_id") not in to_ours:
-            raise ConversionError(f"{where}: category_id {a.get('category_id')!r} is not a category")
-        if "segmentation" not in a:
-            raise ConversionError(f"{where}: no 'segmentation' (instance masks are needed)")
-        im = images[a["image_id"]]
-        try:
-            rle = annotation_rles([a], im["height"], im["width"])[0]
-        except Exception as e:  # pycocotools raises several types for malformed masks
-            raise ConversionError(f"{where}: unreadable segmentation ({e})") from None
+    for a in data["annotations"]:
+        rle = to_rle(a["segmentation"], *sizes[a["image_id"]])
         cat = to_ours[a["category_id"]]
         anns[a["image_id"]].append({
             "image_id": a["image_id"], "category_id": cat, "iscrowd": int(a.get("iscrowd", 0)),
             "segmentation": a["segmentation"], "area": float(mask_util.area(rle)),
             "bbox": [float(v) for v in mask_util.toBbox(rle)]})
         classes[a["image_id"]][cat] += 1
+    empty = [i for i in images if not anns[i]]
+    if not keep_empty:
+        for i in empty:
+            del images[i], anns[i], classes[i]
+        if not images:
+            raise ConversionError(f"{json_path}: no image has an annotation")
     cell_type = {i: SARTORIUS_CLASSES[(c.most_common(1)[0][0] if c else 1) - 1]
                  for i, c in classes.items()}
     parts = split_images(cell_type, split, seed)
@@ -96,6 +113,4 @@ def convert_coco(json_path: str, out_dir: str, split, seed: int = 0) -> dict:
                                  "source": os.path.abspath(json_path), "split_seed": seed},
                         "categories": SARTORIUS_CATEGORIES,
                         "images": [images[i] for i in chosen], "annotations": split_anns}
-    for name in SPLITS:
-        write_json(os.path.join(out_dir, "annotations", f"{name}.json"), result[name])
-    return result
+    return result, 0 if keep_empty else len(empty)

@@ -14,6 +14,9 @@ dataset is loaded, so importing never touches the disk. See datasets/README.md f
 | sartorius_overfit12              | the first 4 images per cell type of sartorius_train        |
 | livecell_{train,val,test}        | livecell/annotations/LIVECell/livecell_coco_{split}.json  |
 | livecell_{celltype}_{split}      | livecell/annotations/LIVECell_single_cells/{celltype}/{split}.json |
+
+The LIVECell folder is ``$CELLSEG_LIVECELL`` where set (e.g. ../shared/data/livecell_sample),
+else ``<data root>/livecell``.
 """
 from __future__ import annotations
 
@@ -28,6 +31,11 @@ from .sartorius import SARTORIUS_CLASSES, SPLITS
 
 def datasets_root() -> str:
     return os.path.expanduser(os.environ.get("CELLSEG_DATASETS", "datasets"))
+
+
+def livecell_root() -> str:
+    return os.path.expanduser(os.environ.get("CELLSEG_LIVECELL", "")) or \
+        os.path.join(datasets_root(), "livecell")
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -58,9 +66,10 @@ def register_kaggle_coco(name: str, subdir: str, split: str, hint: str) -> None:
 
 def register_livecell(name: str, json_rel: str, image_rel: str, classes) -> None:
     def load():
-        root = os.path.join(datasets_root(), "livecell")
+        root = livecell_root()
         json_file = _require(name, os.path.join(root, json_rel),
-                             "download LIVECell (annotations + images) into it")
+                             "download LIVECell (annotations + images) into it, or point "
+                             "CELLSEG_LIVECELL at a folder in its layout")
         image_root = _require(name, os.path.join(root, image_rel), "LIVECell images are missing")
         return load_livecell_json(json_file, image_root, tuple(classes))
 

@@ -52,6 +52,14 @@ def normalized_gray(image: np.ndarray) -> np.ndarray:
 def convert_label_images(src: str, out_dir: str, cell_type: str, scale: float = 1.0) -> dict:
     """Write ``out_dir/images/<n>.png`` and ``out_dir/annotations/train.json`` (every cell of
     ``cell_type``) from the pairs under ``src``. Returns the COCO dict."""
+    converted = read_label_images(src, cell_type, scale)
+    write_label_images(out_dir, converted)
+    return converted[0]
+
+
+def read_label_images(src: str, cell_type: str, scale: float = 1.0) -> tuple:
+    """(COCO dict, [(file name, PNG bytes)]) of the pairs under ``src``, every pair read and
+    checked (a bad one is one ConversionError naming its file); nothing is written."""
     if cell_type not in SARTORIUS_CLASSES:
         raise ConversionError(f"cell type {cell_type!r} is not one of "
                               f"{', '.join(SARTORIUS_CLASSES)}")
@@ -86,10 +94,15 @@ def convert_label_images(src: str, out_dir: str, cell_type: str, scale: float = 
                 "iscrowd": 0, "area": float(area),
                 "bbox": [float(v) for v in mask_util.toBbox(rle)],
                 "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+    coco = {"info": {"description": f"{os.path.abspath(src)} as {cell_type}, scale {scale}"},
+            "categories": SARTORIUS_CATEGORIES, "images": images, "annotations": annotations}
+    return coco, pngs
+
+
+def write_label_images(out_dir: str, converted: tuple) -> None:
+    """Write what read_label_images returned: out_dir/images/*.png, annotations/train.json."""
+    coco, pngs = converted
     for file_name, data in pngs:
         with atomic_open(os.path.join(out_dir, file_name), "wb") as f:
             f.write(data)
-    coco = {"info": {"description": f"{os.path.abspath(src)} as {cell_type}, scale {scale}"},
-            "categories": SARTORIUS_CATEGORIES, "images": images, "annotations": annotations}
     write_json(os.path.join(out_dir, "annotations", "train.json"), coco)
-    return coco

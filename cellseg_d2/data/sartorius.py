@@ -193,6 +193,23 @@ def convert_sartorius(data_dir: str, out_dir: str, split=DEFAULT_SPLIT, seed: in
     Everything is validated before any JSON is written; each JSON is written atomically.
     Returns {split: coco_dict}.
     """
+    result = read_sartorius(data_dir, out_dir, split, seed, fill, polygons, csv_name,
+                            image_subdir, progress)
+    write_splits(out_dir, result)
+    return result
+
+
+def write_splits(out_dir: str, result: dict) -> None:
+    """``out_dir/annotations/<split>.json`` for each of SPLITS in ``result``."""
+    for name in SPLITS:
+        write_json(os.path.join(out_dir, "annotations", f"{name}.json"), result[name])
+
+
+def read_sartorius(data_dir: str, out_dir: str, split=DEFAULT_SPLIT, seed: int = 0,
+                   fill: bool = False, polygons: bool = False, csv_name: str = "train.csv",
+                   image_subdir: str = "train", progress: bool = True) -> dict:
+    """What convert_sartorius writes ({split: coco dict}, file names relative to ``out_dir``),
+    every row and image read and checked; nothing is written."""
     csv_path = os.path.join(data_dir, csv_name)
     image_dir = os.path.join(data_dir, image_subdir)
     images = read_train_csv(csv_path)
@@ -216,8 +233,6 @@ def convert_sartorius(data_dir: str, out_dir: str, split=DEFAULT_SPLIT, seed: in
             "images": [records[i] for i in parts[name]],
             "annotations": [a for i in parts[name] for a in anns[i]],
         }
-    for name in SPLITS:
-        write_json(os.path.join(out_dir, "annotations", f"{name}.json"), result[name])
     return result
 
 
