@@ -8,12 +8,14 @@ PY := .venv/bin/python
 setup:
 	bash tools/setup_env.sh
 
+# The make targets replace their own earlier run (--overwrite: exactly its files; a folder
+# holding anything else is refused).
 demo: setup
-	$(PY) tools/demo.py
+	$(PY) tools/demo.py --overwrite
 
 # Real cells on the CPU in <= 60 min: DATA=Kaggle-layout folder or COCO JSON (default: ../shared/data/sartorius_recon)
 train-real: setup
-	$(PY) tools/train_real.py $(if $(DATA),--data $(DATA))
+	$(PY) tools/train_real.py --overwrite $(if $(DATA),--data $(DATA))
 
 test: setup
 	$(PY) -m ruff check .

@@ -69,6 +69,9 @@ def add_yolact_config(cfg):
     # epochs into iterations from the training set's size and SOLVER.IMS_PER_BATCH, LR steps
     # into fractions of it, and TEST.EVAL_PERIOD_EPOCHS into TEST.EVAL_PERIOD.
     cfg.SOLVER.OPTIMIZER = "SGD"  # or "AdamW" (see engine.Trainer.build_optimizer)
+    # Wall-time limit of training in seconds (0: none): past it the remaining iterations are
+    # skipped, the last checkpoint and evaluation still made (engine.TimeLimit).
+    cfg.SOLVER.MAX_SECONDS = 0
     cfg.SOLVER.EPOCHS = 0
     cfg.SOLVER.STEP_FRACTIONS = (0.8, 0.95)
     cfg.TEST.EVAL_PERIOD_EPOCHS = 0
@@ -77,15 +80,26 @@ def add_yolact_config(cfg):
     # configs/Base-YOLACT.yaml, so the Mask R-CNN baseline keeps Detectron2's defaults.
     cfg.INPUT.VERTICAL_FLIP = True
     cfg.INPUT.TRANSPOSE = False  # random transpose: with both flips, all 8 orientations
-    # (low, high): in training, scale by a random factor in [low, high] instead of
-    # ResizeShortestEdge (after INPUT.CROP); () keeps MIN_SIZE_TRAIN.
+    # (low, high): in training, scale by a random factor in [low, high] (after INPUT.CROP);
+    # (): by MIN_SIZE_TRAIN / TEST.TILE.NATIVE_SHORT_SIDE (mapper.ScaleFromNative).
     cfg.INPUT.TRAIN_SCALE = ()
+    # COCO evaluation: the three maxDets (empty: 1, 10, DETECTIONS_PER_IMAGE; AP is read at the
+    # last) and the small / medium / large area limits in px^2 (COCO's 32^2, 96^2; LIVECell's
+    # protocol: maxDets 100, 500, 2000, limits 324, 961, class-agnostic).
+    cfg.TEST.EVAL_MAX_DETS = []
+    cfg.TEST.EVAL_AREA_BANDS = [32**2, 96**2]
+    # True: the overall AP / AR ignore the classes, and each class is scored class-agnostically
+    # over the images holding it (LIVECell's evaluation, useCats 0; one cell type per image).
+    cfg.TEST.EVAL_CLASS_AGNOSTIC = False
     # Score above which a detection counts as a cell in label images, counts, the Kaggle
     # submission and the Kaggle metric (COCO AP uses every detection).
     cfg.TEST.INSTANCE_SCORE_THRESH = 0.5
-    # Images larger than the training images are segmented in overlapping tiles at the native
-    # scale, MIN_SIZE_TEST / NATIVE_SHORT_SIDE (the factor a training image gets at test time;
-    # Sartorius and LIVECell images are 704x520). See cellseg_d2/tiling.py.
+    # Every image is resized by one factor at test time, its training scale (inference_scale below):
+    # INPUT.TRAIN_SCALE where set, else MIN_SIZE_TEST / NATIVE_SHORT_SIDE, the factor an image of
+    # the native size gets (Sartorius and LIVECell images are 704x520); training without
+    # TRAIN_SCALE scales every image by MIN_SIZE_TRAIN / NATIVE_SHORT_SIDE likewise. Images
+    # larger than INPUT.MIN_SIZE_TEST x MAX_SIZE_TEST at that scale are segmented in
+    # overlapping tiles (cellseg_d2/tiling.py).
     cfg.TEST.TILE = CN()
     cfg.TEST.TILE.NATIVE_SHORT_SIDE = 520
     cfg.TEST.TILE.SIZE = 0  # tile side in network pixels; 0: INPUT.MIN_SIZE_TEST
@@ -95,6 +109,18 @@ def add_yolact_config(cfg):
 
 class SetupError(ValueError):
     pass
+
+
+def inference_scale(cfg) -> float:
+    """The factor every image is resized by at test time, whatever its size and whichever the
+    path (evaluation, predict, tiles, crops): its training scale. That is the middle of
+    INPUT.TRAIN_SCALE where it is set, else the factor INPUT.MIN_SIZE_TEST gives an image of the
+    native short side TEST.TILE.NATIVE_SHORT_SIDE (Sartorius and LIVECell: 520 px), which
+    training also applies to every image (mapper.ScaleFromNative)."""
+    if cfg.INPUT.TRAIN_SCALE:
+        low, high = cfg.INPUT.TRAIN_SCALE
+        return (low + high) / 2
+    return cfg.INPUT.MIN_SIZE_TEST / cfg.TEST.TILE.NATIVE_SHORT_SIDE
 
 
 def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None):

@@ -1,35 +1,123 @@
 """Trainer: Detectron2's DefaultTrainer with the cell mapper, a per-class COCO evaluator that
-keeps up to TEST.DETECTIONS_PER_IMAGE (1000) detections per image, and the Kaggle metric.
-Runs as N processes on CPUs too (gloo; `tools/train_net.py --num-gpus N`)."""
+keeps up to TEST.DETECTIONS_PER_IMAGE (1000) detections per image, and the Kaggle metric, and a
+wall-time limit (SOLVER.MAX_SECONDS). Runs as N processes on CPUs too (gloo;
+`tools/train_net.py --num-gpus N`)."""
 import contextlib
 import functools
+import logging
 import os
+import sys
 import time
 import weakref
 from unittest import mock
 
+import detectron2.data.transforms as T
+import numpy as np
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, SimpleTrainer, defaults
+from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, defaults
 from detectron2.evaluation import DatasetEvaluators
-from detectron2.modeling import GeneralizedRCNNWithTTA
+from detectron2.modeling import DatasetMapperTTA, GeneralizedRCNNWithTTA
 from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
 
 from .checkpoint import FittingCheckpointer
+from .config import inference_scale
 from .data.mapper import CellDatasetMapper
 from .evaluation import CellCOCOEvaluator, KaggleMetricEvaluator
 
+# CPU flags (Linux /proc/cpuinfo) of native bfloat16 arithmetic; without them PyTorch emulates
+# bfloat16 on the CPU, ~30x slower than float32 (measured on an AVX2-only AMD EPYC).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); False where it cannot
+    be told (not Linux, not x86)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
 
 def build_cell_evaluator(cfg, dataset_name, output_folder):
-    # pycocotools' summarize() reports AP at 100 detections; max_dets_per_image switches to
-    # COCOevalMaxDets so AP is read at the real cap (cells per image reach ~800).
+    # pycocotools' summarize() reports AP at 100 detections; AP is read at the real cap
+    # (cells per image reach ~800), or at TEST.EVAL_MAX_DETS, with TEST.EVAL_AREA_BANDS, per
+    # class or TEST.EVAL_CLASS_AGNOSTIC (LIVECell's protocol).
     return DatasetEvaluators([
         CellCOCOEvaluator(dataset_name, tasks=("bbox", "segm"), distributed=True,
                           output_dir=output_folder,
-                          max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE),
+                          max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+                          max_dets=cfg.TEST.EVAL_MAX_DETS, area_bands=cfg.TEST.EVAL_AREA_BANDS,
+                          class_agnostic=cfg.TEST.EVAL_CLASS_AGNOSTIC),
         KaggleMetricEvaluator(dataset_name, cfg.TEST.INSTANCE_SCORE_THRESH),
     ])
+
+
+class TimeLimit(HookBase):
+    """SOLVER.MAX_SECONDS: once training has run this long (from its first iteration), the
+    remaining iterations are skipped; the learning-rate schedule, the last checkpoint and the
+    final evaluation still come at their iterations, so a run ends within a wall-time budget.
+    The iteration where it stopped is logged and stored as "time_limit_iter"."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.reached_at = None
+
+    def before_train(self):
+        self._start = time.perf_counter()
+
+    def before_step(self):
+        if self.reached_at is not None:
+            return
+        over = time.perf_counter() - self._start > self.seconds
+        if comm.get_world_size() > 1:  # every process skips from the same iteration
+            over = comm.all_gather(over)[0]
+        if over:
+            self.reached_at = self.trainer.iter
+            self.trainer.storage.put_scalar("time_limit_iter", self.trainer.iter,
+                                            smoothing_hint=False)
+            logging.getLogger("cellseg_d2").warning(
+                f"SOLVER.MAX_SECONDS ({self.seconds:.0f} s) reached at iteration "
+                f"{self.trainer.iter}: the remaining {self.trainer.max_iter - self.trainer.iter} "
+                f"iterations are skipped")
+
+
+class ScaledDatasetMapperTTA(DatasetMapperTTA):
+    """Detectron2's test-time augmentation mapper (Mask R-CNN's TEST.AUG), each of
+    TEST.AUG.MIN_SIZES taken as the scale it gives a native-size image (MIN_SIZE / MIN_SIZE_TEST
+    x config.inference_scale), as every other path scales, instead of an absolute short side
+    (which would see the cells of a 1024x1024 image at another size than a 704x520 one's)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        base = inference_scale(cfg) / cfg.INPUT.MIN_SIZE_TEST
+        self.factors = [m * base for m in self.min_sizes]
+
+    def __call__(self, dataset_dict):
+        image = dataset_dict["image"].permute(1, 2, 0).numpy()
+        height, width = dataset_dict["height"], dataset_dict["width"]
+        to_input = T.ResizeTransform(height, width, *image.shape[:2]) \
+            if image.shape[:2] != (height, width) else T.NoOpTransform()
+        views = []
+        for f in self.factors:
+            resize = T.Resize((max(1, int(height * f + 0.5)), max(1, int(width * f + 0.5))))
+            views.append([resize])
+            if self.flip:
+                views.append([resize, T.RandomFlip(prob=1.0)])
+        out = []
+        for augs in views:
+            new, tfms = T.apply_augmentations(augs, np.copy(image))
+            view = dict(dataset_dict, image=torch.from_numpy(np.ascontiguousarray(
+                new.transpose(2, 0, 1))), transforms=to_input + tfms)
+            out.append(view)
+        return out
 
 
 class CPUAutocastTrainer(SimpleTrainer):
@@ -78,6 +166,16 @@ class Trainer(DefaultTrainer):
         self.checkpointer = FittingCheckpointer(self._trainer.model, cfg.OUTPUT_DIR,
                                                 fine_tune=True, trainer=weakref.proxy(self))
 
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        self._time_limit = TimeLimit(self.cfg.SOLVER.MAX_SECONDS) \
+            if self.cfg.SOLVER.MAX_SECONDS > 0 else None
+        return ([self._time_limit] if self._time_limit else []) + hooks
+
+    def run_step(self):
+        if self._time_limit is None or self._time_limit.reached_at is None:
+            super().run_step()
+
     @classmethod
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=CellDatasetMapper(cfg, True))
@@ -97,7 +195,7 @@ class Trainer(DefaultTrainer):
         test-time flips live in the model), Detectron2's flip / multi-scale merge, both in
         --eval-only and in the evaluations during training."""
         if cfg.TEST.AUG.ENABLED:
-            model = GeneralizedRCNNWithTTA(cfg, model)
+            model = GeneralizedRCNNWithTTA(cfg, model, tta_mapper=ScaledDatasetMapperTTA(cfg))
         return super().test(cfg, model, evaluators)
 
     @classmethod

@@ -83,7 +83,7 @@ def overlay(image_bgr: np.ndarray, cells: list, metadata) -> np.ndarray:
 
 
 def write_csv(path: str, rows: list, fields: list) -> None:
-    with atomic_open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)

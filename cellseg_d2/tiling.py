@@ -1,9 +1,9 @@
-"""Segmentation of images of any size at the model's native scale.
+"""Segmentation of images of any size at the model's training scale.
 
-An image no larger than the images the model was trained on goes through DefaultPredictor as
-it is (resized to INPUT.MIN_SIZE_TEST). A larger one (a whole well, a stitched mosaic) is cut
-into overlapping tiles, each resized by the factor such an image gets at test time
-(MIN_SIZE_TEST / TEST.TILE.NATIVE_SHORT_SIDE), so cells keep the size the model learnt. A cell
+Every image and every tile is resized by one factor, config.inference_scale (the scale the
+model was trained at), so cells keep the size the model learnt. An image no larger than
+INPUT.MIN_SIZE_TEST x MAX_SIZE_TEST at that scale (a training image) is segmented whole; a
+larger one (a whole well, a stitched mosaic) is cut into overlapping tiles. A cell
 touching a tile's inner edge is dropped there: the overlap, wider than a cell, holds it whole in
 the neighbouring tile. A cell whole in two tiles is kept once, from the tile where it lies
 farthest from an inner edge. Memory is bounded by one tile's detections plus box-local masks.
@@ -14,12 +14,10 @@ import math
 from collections import defaultdict
 
 import numpy as np
-import torch
-from detectron2.data.transforms import ResizeShortestEdge, ResizeTransform
 from tqdm import tqdm
 
 from .cells import cells_from_instances
-from .config import SetupError
+from .config import SetupError, inference_scale
 
 DUPLICATE_IOU = 0.5  # masks from two tiles overlapping more than this are one cell
 EDGE_MARGIN = 2  # px: a cell this close to a tile's inner edge counts as cut by it
@@ -34,9 +32,9 @@ def tile_starts(length: int, tile: int, overlap: int) -> list:
 
 
 def tile_geometry(cfg) -> tuple:
-    """(native scale, tile side, overlap), the last two in input pixels."""
+    """(inference scale, tile side, overlap), the last two in input pixels."""
     t = cfg.TEST.TILE
-    scale = cfg.INPUT.MIN_SIZE_TEST / t.NATIVE_SHORT_SIDE
+    scale = inference_scale(cfg)
     size = t.SIZE or cfg.INPUT.MIN_SIZE_TEST
     overlap = t.OVERLAP if t.OVERLAP >= 0 else size // 4
     if not 0 <= overlap < size:
@@ -76,20 +74,21 @@ def remove_duplicates(cells: list, depth: list, bucket: int = 64) -> list:
 
 class CellSegmenter:
     """``segmenter(image)`` -> Cells (box-local, scoring above ``score_thresh``, may overlap;
-    see cells.paint_labels) for an HxWx3 BGR image of any size."""
+    see cells.paint_labels) for an HxWx3 BGR image of any size. ``predictor`` is a
+    predict.CellPredictor (or any callable image -> {"instances": ...} that resizes by
+    config.inference_scale)."""
 
     def __init__(self, predictor, cfg, score_thresh: float, progress: bool = False):
         self.predictor = predictor
         self.score_thresh = score_thresh
         self.progress = progress
         self.scale, self.tile, self.overlap = tile_geometry(cfg)
-        self.resize = ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        self.max_short, self.max_long = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
 
     def fits_one_tile(self, height: int, width: int) -> bool:
-        """DefaultPredictor would not shrink the image below the native scale."""
-        new_h, _ = self.resize.get_output_shape(height, width, self.resize.short_edge_length[0],
-                                                self.resize.max_size)
-        return new_h / height >= self.scale * (1 - 1e-3)
+        """At the inference scale the image is no larger than a training image."""
+        short, long = sorted((height * self.scale, width * self.scale))
+        return short <= self.max_short + 0.5 and long <= self.max_long + 0.5
 
     def __call__(self, image: np.ndarray) -> list:
         height, width = image.shape[:2]
@@ -104,7 +103,8 @@ class CellSegmenter:
             tile = image[y:y + self.tile, x:x + self.tile]
             th, tw = tile.shape[:2]
             inner = (x > 0, y > 0, x + tw < width, y + th < height)  # left, top, right, bottom
-            for c in cells_from_instances(self.predict_tile(tile), self.score_thresh, (x, y), t):
+            instances = self.predictor(tile)["instances"].to("cpu")
+            for c in cells_from_instances(instances, self.score_thresh, (x, y), t):
                 x0, y0, x1, y1 = c.bounds
                 gaps = [g for g, is_inner in zip((x0 - x, y0 - y, x + tw - x1, y + th - y1), inner)
                         if is_inner]
@@ -113,15 +113,3 @@ class CellSegmenter:
                     cells.append(c)
                     depth.append(d)
         return remove_duplicates(cells, depth)
-
-    def predict_tile(self, tile: np.ndarray):
-        """DefaultPredictor.__call__ with the native scale instead of ResizeShortestEdge."""
-        p = self.predictor
-        h, w = tile.shape[:2]
-        with torch.no_grad():
-            if p.input_format == "RGB":
-                tile = tile[:, :, ::-1]
-            resized = ResizeTransform(h, w, max(round(h * self.scale), 1),
-                                      max(round(w * self.scale), 1)).apply_image(tile)
-            x = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)).to(p.cfg.MODEL.DEVICE)
-            return p.model([{"image": x, "height": h, "width": w}])[0]["instances"].to("cpu")

@@ -7,10 +7,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "synthetic_R18_cpu.yaml")
-# CPU-test scale: 160 px inputs, 64-channel FPN and prototypes.
+# CPU-test scale: 160 px inputs (the tiny synthetic images' native size, so scale 1), 64-channel
+# FPN and prototypes.
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224", "INPUT.MIN_SIZE_TEST",
-        "160", "INPUT.MAX_SIZE_TEST", "224", "MODEL.FPN.OUT_CHANNELS", "64",
-        "MODEL.YOLACT.PROTONET_CHANNELS", "64", "DATALOADER.NUM_WORKERS", "0"]
+        "160", "INPUT.MAX_SIZE_TEST", "224", "TEST.TILE.NATIVE_SHORT_SIDE", "160",
+        "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.YOLACT.PROTONET_CHANNELS", "64",
+        "DATALOADER.NUM_WORKERS", "0"]
 SHARED_DATA = Path(os.environ.get("CELLSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

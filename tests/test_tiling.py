@@ -193,8 +193,7 @@ def test_predict_on_a_mosaic_writes_every_output_consistently(trained, tmp_path)
     (tmp_path / "in").mkdir()
     cv2.imwrite(str(tmp_path / "in" / "well.png"), image)
     out = tmp_path / "out"
-    # TINY's test size is 160: native scale 160/520, so tiles of 520 px (overlap 130) at
-    # that scale; a 448x320 mosaic shrunk to 160 px would need 1 tile, at native scale 1 does.
+    # 160 px tiles (overlap 40) at TINY's scale 1: the 320x448 mosaic takes 2x3 of them.
     proc = tool("predict.py", "--config-file", CONFIG, "--weights", trained / "model_final.pth",
                 "--input", tmp_path / "in", "--output", out, "--score-thresh", "0.0",
                 "--save-tif", "--save-rois", "--save-outlines", "--save-png", *TINY,

@@ -49,8 +49,10 @@ TRAIN_VARIANTS = {
 TEST_VARIANTS = {
     "nms_0.3": ("Fast NMS IoU 0.3 instead of 0.5", ["MODEL.YOLACT.NMS_THRESH_TEST", "0.3"]),
     "nms_0.7": ("Fast NMS IoU 0.7 instead of 0.5", ["MODEL.YOLACT.NMS_THRESH_TEST", "0.7"]),
+    # Every image is tested at the training scale (config.inference_scale); a second pass at
+    # 1.3333x that for every voted type is a 2x test.
     "test_2x": ("2x test scale instead of 1.5x",
-                ["INPUT.MIN_SIZE_TEST", "1040", "INPUT.MAX_SIZE_TEST", "1408"]),
+                ["MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 1.3333, 1.3333]"]),
     "mask_thresh_0.5": ("mask threshold 0.5 instead of 0.4",
                         ["MODEL.YOLACT.MASK_THRESH_TEST", "0.5"]),
     "no_test_flips": ("no test-time flips (one view instead of 4)",

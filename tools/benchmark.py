@@ -91,9 +91,10 @@ def worker(args) -> dict:
     weights = args.yolact_weights if args.model == "yolact" else args.maskrcnn_weights
     cfg, model = build(args.model, config, weights, args.n, device)
     images = synth_images(args.n, args.images, seed=args.n)
-    from detectron2.data import transforms as T
+    from cellseg_d2.config import inference_scale
+    from cellseg_d2.data.mapper import ScaleBy
 
-    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    resize = ScaleBy(inference_scale(cfg))
     times, counts, inputs = [], [], []
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -102,7 +103,7 @@ def worker(args) -> dict:
             image, _ = images[r % len(images)]
             sync()
             t = time.perf_counter()
-            # What DefaultPredictor does: resize, to tensor, forward at the original size.
+            # What predict.CellPredictor does: resize, to tensor, forward at the original size.
             resized = resize.get_transform(image).apply_image(image)
             inp = {"image": torch.as_tensor(resized.transpose(2, 0, 1).astype("float32")).to(device),
                    "height": image.shape[0], "width": image.shape[1]}

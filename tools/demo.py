@@ -8,11 +8,13 @@
 4. evaluate on synthetic_val: COCO bbox/segm with a per-class table, Kaggle metric;
 5. plot the loss and mAP curves, save the best and worst validation images as GT | prediction
    panels, and run tools/predict.py on the validation images.
+
+--output (output/demo) must be new, empty, or hold an earlier run of the demo (replaced with
+--overwrite, exactly its own files; `make demo` passes it).
 """
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -24,9 +26,11 @@ from cellseg_d2.data.datasets import datasets_root
 from cellseg_d2.data.mapper import annotation_rles
 from cellseg_d2.data.sartorius import class_statistics, convert_sartorius, format_statistics
 from cellseg_d2.data.synthetic import generate_dataset
+from cellseg_d2.run_folder import OutputFolderError, check_output_dir, run_in_place
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(TOOLS, "..", "configs", "synthetic_R18_cpu.yaml")
+TOOL = "tools/demo.py"
 
 
 def dataset_summary(name: str) -> str:
@@ -52,14 +56,21 @@ def main(argv=None):
     p.add_argument("--images-per-type", type=int, default=8)
     p.add_argument("--iters", type=int, default=120, help="training iterations (default 120)")
     p.add_argument("--output", default="output/demo")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run of the demo in --output (exactly its files)")
     p.add_argument("--seed", type=int, default=0, help="data and training seed")
     args = p.parse_args(argv)
-    root = os.path.join(datasets_root(), "synthetic")
-    out = args.output
-    if os.path.isdir(out):  # the demo's own folder: replaced whole, never mixed with a new run
-        print(f"=== replacing {out} from an earlier run")
-        shutil.rmtree(out)
+    try:
+        check_output_dir(args.output, TOOL, args.overwrite)
+    except OutputFolderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    with run_in_place(args.output, TOOL):
+        return demo(args, args.output)
 
+
+def demo(args, out):
+    root = os.path.join(datasets_root(), "synthetic")
     print(f"=== [1/5] synthetic data -> {root}")
     generate_dataset(root, images_per_type=args.images_per_type, seed=args.seed)
     convert_sartorius(root, root, split=(0.75, 0.25, 0), seed=args.seed)

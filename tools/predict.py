@@ -13,8 +13,10 @@ Writes to --output, per image (choose with --save-*; default --save-png --save-t
 and for the run: coco_results.json (+ images.json), submission.csv (Kaggle format), cells.csv
 (one row per cell, cell_id = label id) and counts.csv (cells per class, confluence).
 Inputs sharing a stem (x.png, x.tif) get distinct names (x_png, x_tif). An unreadable image is
-skipped with a warning and listed in skipped.csv. An output folder holding an earlier run is
-refused unless --overwrite, which replaces it as a whole.
+skipped with a warning and listed in skipped.csv, whatever the reason. The output folder must
+be new, empty, or hold an earlier run of this tool (replaced with --overwrite, exactly its own
+files: a file put into it since makes the tool refuse); the run is written to a hidden folder
+and moved into place when complete.
 
 Exit status: 0 every image done; 1 error, nothing written; 3 some images skipped.
 
@@ -30,16 +32,12 @@ import cellseg_d2  # noqa: F401
 from cellseg_d2.checkpoint import check_weights
 from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.data.image_io import read_image
-from cellseg_d2.predict import (
-    DEFAULT_SAVE,
-    SAVE,
-    InputError,
-    build_predictor,
-    check_output_dir,
-    list_images,
-    predict_files,
-)
+from cellseg_d2.predict import DEFAULT_SAVE, SAVE, CellPredictor, InputError, list_images, predict_files
+from cellseg_d2.run_folder import OutputFolderError, check_output_dir
 from cellseg_d2.tiling import CellSegmenter
+from cellseg_d2.utils import printable
+
+TOOL = "tools/predict.py"
 
 
 def main(argv=None):
@@ -65,15 +63,16 @@ def main(argv=None):
             cfg.TEST.INSTANCE_SCORE_THRESH = args.score_thresh
         check_weights(cfg.MODEL.WEIGHTS)
         files = list_images(args.input)
-        check_output_dir(args.output, args.overwrite)
-        predictor = build_predictor(cfg)
+        check_output_dir(args.output, TOOL, args.overwrite)
+        predictor = CellPredictor(cfg)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0]
         metadata = MetadataCatalog.get(name)
         segmenter = CellSegmenter(predictor, cfg, cfg.TEST.INSTANCE_SCORE_THRESH, progress=True)
         # DefaultPredictor takes BGR and converts to INPUT.FORMAT itself
         counts, skipped = predict_files(segmenter, files, read_image, args.output, metadata,
-                                        save=args.save or DEFAULT_SAVE, overwrite=args.overwrite)
-    except (SetupError, InputError) as e:
+                                        save=args.save or DEFAULT_SAVE, overwrite=args.overwrite,
+                                        tool=TOOL)
+    except (SetupError, InputError, OutputFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     total = sum(c["cells"] for c in counts)
@@ -82,7 +81,7 @@ def main(argv=None):
           f"coco_results.json, submission.csv, cells.csv, counts.csv)")
     if skipped:
         print(f"{len(skipped)} of {len(files)} images skipped (listed in {args.output}/skipped.csv): "
-              + ", ".join(s["file"] for s in skipped), file=sys.stderr)
+              + ", ".join(printable(s["file"]) for s in skipped), file=sys.stderr)
         return 3
     return 0
 

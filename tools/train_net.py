@@ -21,6 +21,7 @@ from detectron2.utils import comm
 import cellseg_d2  # noqa: F401  (registers datasets and the Yolact meta-architecture)
 from cellseg_d2.checkpoint import FittingCheckpointer, check_weights, load_weights
 from cellseg_d2.config import SetupError, apply_epochs, load_cfg
+from cellseg_d2.data.coco_checks import COCOFormatError
 from cellseg_d2.data.datasets import DatasetMissingError
 from cellseg_d2.engine import Trainer
 from cellseg_d2.utils import keep_freed_memory, write_json
@@ -95,7 +96,7 @@ def main(args):
     """Runs in every process; a user error is one line on stderr and exit status 1."""
     try:
         return run(args)
-    except (SetupError, DatasetMissingError, TrainingDiverged) as e:
+    except (SetupError, DatasetMissingError, COCOFormatError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
 

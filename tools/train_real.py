@@ -2,19 +2,26 @@
 """Train a real-cell model on a CPU within a wall-time budget (`make train-real`).
 
     tools/train_real.py [--data ../shared/data/sartorius_recon] [--minutes 60]
-                        [--output output/real_cpu] [--arch yolact|maskrcnn]
+                        [--output output/real_cpu] [--overwrite] [--arch yolact|maskrcnn]
 
-1. converts --data (the Kaggle layout: train.csv + train/*.png; or a COCO instances JSON with
-   categories named shsy5y / astro / cort and image paths relative to it) into
+1. reads and checks --data (the Kaggle layout: train.csv + train/*.png; or a COCO instances
+   JSON with categories named shsy5y / astro / cort and image paths relative to it; duplicate
+   ids, an image listed twice, unknown images or categories are one error, images without
+   annotations are left out, counted) before anything is written, then converts it into
    OUTPUT/data/real with a seeded split stratified by cell type (--split; by default 26,8,0,
    which on sartorius_recon is exactly sartorius_recon_{train,val});
 2. generates fresh synthetic images of the three cell types (the project's generator);
-3. measures this machine's seconds per iteration on each stage's data (6 iterations each;
-   with --precision auto, the real images' in float32 and in bfloat16 autocast, and trains in
-   the faster) and shares the remaining time (--pretrain-share of it to pretraining;
-   re-planned after pretraining, so the budget holds) between pretraining on the synthetic
-   images and fine-tuning on the real training images;
+3. measures this machine's seconds per iteration on each stage's data (6 iterations each, each
+   calibration stopped after 4% of the budget; with --precision auto on a CPU with native
+   bfloat16, the real images' in float32 and in bfloat16 autocast, and trains in the faster;
+   without it, float32) and shares the remaining time (--pretrain-share of it to pretraining;
+   re-planned after pretraining) between pretraining on the synthetic images and fine-tuning
+   on the real training images; each stage has a wall-time limit (SOLVER.MAX_SECONDS), so
+   the budget holds;
 4. evaluates on the real validation images and prints the per-class table.
+
+OUTPUT must be new, empty, or hold an earlier run of this tool (replaced with --overwrite,
+exactly its own files; `make train-real` passes it).
 
 OUTPUT holds Detectron2's usual config.yaml, model_final.pth, metrics.json and
 inference/real_val/; pretrain/ holds the synthetic stage. Evaluate the model later with
@@ -24,37 +31,52 @@ MODEL.WEIGHTS OUTPUT/model_final.pth.
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-from cellseg_d2.data.coco_input import convert_coco
-from cellseg_d2.data.label_images import convert_label_images
-from cellseg_d2.data.sartorius import ConversionError, convert_sartorius
+from cellseg_d2.data.coco_input import read_coco_export
+from cellseg_d2.data.label_images import read_label_images, write_label_images
+from cellseg_d2.data.sartorius import (
+    ConversionError,
+    convert_sartorius,
+    read_sartorius,
+    write_splits,
+)
 from cellseg_d2.data.synthetic import generate_dataset
+from cellseg_d2.engine import native_bfloat16
+from cellseg_d2.run_folder import OutputFolderError, check_output_dir, run_in_place
 from cellseg_d2.utils import write_json
 
+TOOL = "tools/train_real.py"
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(TOOLS, "..", "configs")
 # Each architecture's recipe config and the seconds kept for its final evaluation on ~8 images
 # with up to 1000 detections, with its test-time augmentation, and start-up: YOLACT's 4 views
 # took ~1 min on 2 cores (76 s on one core with its shsy5y image run again at 2x, 23 s of it; a
 # folder of only shsy5y images would take ~3x); Mask R-CNN's mask head runs per detection, and
-# its 2 views took 3.4 min on one core.
+# its 2 views took 3.4 min on one core. The reserve grows on machines slower than
+# RESERVE_S_PER_IT (float32 seconds per real-image iteration).
 ARCHS = {"yolact": ("real_R18_cpu.yaml", 180), "maskrcnn": ("real_maskrcnn_R18_cpu.yaml", 300)}
+RESERVE_S_PER_IT = 3.0
 CALIBRATION_ITERS = 6  # per stage
 PRECISION_NAMES = {False: "float32", True: "bfloat16 autocast"}  # by SOLVER.AMP.ENABLED
 
 
-def train_net(config, opts, data_root, log_path):
-    """Run tools/train_net.py; its log goes to log_path, errors to the terminal."""
+class CalibrationError(RuntimeError):
+    pass
+
+
+def train_net(config, opts, data_root, log_path, timeout=None):
+    """Run tools/train_net.py; its log goes to log_path, errors to the terminal. With
+    ``timeout`` (seconds) a run still going then is stopped and subprocess.TimeoutExpired
+    raised."""
     env = dict(os.environ, CELLSEG_DATASETS=data_root)
     with open(log_path, "w") as log:
         proc = subprocess.run([sys.executable, os.path.join(TOOLS, "train_net.py"),
                                "--config-file", config, *map(str, opts)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env)
+                              stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read().splitlines()[-5:]
@@ -62,40 +84,67 @@ def train_net(config, opts, data_root, log_path):
 
 
 def seconds_per_iteration(metrics_file: str) -> float:
+    """Median seconds per iteration in a metrics.json, over the iterations trained (not those
+    skipped past SOLVER.MAX_SECONDS)."""
     with open(metrics_file) as f:
-        times = [json.loads(line).get("time") for line in f]
-    times = [t for t in times if t is not None]
+        rows = [json.loads(line) for line in f]
+    stop = min((r["time_limit_iter"] for r in rows if "time_limit_iter" in r), default=None)
+    times = [r["time"] for r in rows
+             if r.get("time") is not None and (stop is None or r.get("iteration", 0) < stop)]
     return statistics.median(times) if times else float("nan")
 
 
-def calibrate(config, dataset, folder, opts, data_root) -> float:
+def calibrate(config, dataset, folder, opts, data_root, timeout=None) -> float:
     """Median seconds per training iteration on ``dataset`` (a DATASETS.TRAIN value)
-    (CALIBRATION_ITERS iterations)."""
-    train_net(config, ["DATASETS.TRAIN", dataset, "MODEL.WEIGHTS", "",
-                       *schedule(CALIBRATION_ITERS), "OUTPUT_DIR", folder, *opts],
-              data_root, folder + ".log")
-    s_it = seconds_per_iteration(os.path.join(folder, "metrics.json"))
-    for f in os.listdir(folder):  # keep only what it measured
-        if f != "metrics.json":
+    (CALIBRATION_ITERS iterations). A run that takes longer than ``timeout`` seconds is
+    stopped and counted as timeout / CALIBRATION_ITERS seconds per iteration (at least that)."""
+    try:
+        train_net(config, ["DATASETS.TRAIN", dataset, "MODEL.WEIGHTS", "",
+                           *schedule(CALIBRATION_ITERS), "OUTPUT_DIR", folder, *opts],
+                  data_root, folder + ".log", timeout=timeout)
+        s_it = seconds_per_iteration(os.path.join(folder, "metrics.json"))
+    except subprocess.TimeoutExpired:
+        s_it = timeout / CALIBRATION_ITERS
+    for f in os.listdir(folder) if os.path.isdir(folder) else ():  # keep what it measured
+        if f not in ("metrics.json", "config.yaml"):
             os.remove(os.path.join(folder, f))
+    if s_it != s_it:
+        raise CalibrationError(f"the calibration run logged no iteration time (log: "
+                               f"{folder}.log)")
     return s_it
 
 
-def prepare_data(data, data_root, split, seed, synthetic_per_type, extra=None):
-    """``data`` (Kaggle folder or COCO JSON) -> data_root/real (real_train, real_val, ...),
-    freshly generated images -> data_root/synthetic (synthetic_train) and, if ``extra`` is
-    (folder, cell type, scale), its label images -> data_root/extra (extra_train)."""
+def read_data(data, data_root, split, seed, keep_empty=False, extra=None) -> dict:
+    """Everything prepare_data writes, read and checked first (a bad row, entry or image is
+    one ConversionError): {"real": {split: coco}, "empty": images left out, "extra": ...}."""
+    real_dir = os.path.join(data_root, "real")
     if data.lower().endswith(".json"):
-        convert_coco(data, os.path.join(data_root, "real"), split=split, seed=seed)
+        real, empty = read_coco_export(data, real_dir, split=split, seed=seed,
+                                       keep_empty=keep_empty)
     else:
-        convert_sartorius(data, os.path.join(data_root, "real"), split=split, seed=seed,
-                          progress=False)
+        real, empty = read_sartorius(data, real_dir, split=split, seed=seed, progress=False), 0
+    if extra:
+        extra = read_label_images(*extra)
+    return {"real": real, "empty": empty, "extra": extra}
+
+
+def write_data(inputs: dict, data_root, seed, synthetic_per_type) -> None:
+    """read_data's conversions -> data_root/real (real_train, real_val, ...) and data_root/extra
+    (extra_train); freshly generated images -> data_root/synthetic (synthetic_train)."""
+    write_splits(os.path.join(data_root, "real"), inputs["real"])
     synthetic = os.path.join(data_root, "synthetic")
     generate_dataset(synthetic, images_per_type=synthetic_per_type, seed=1000 + seed,
                      progress=False)
     convert_sartorius(synthetic, synthetic, split=(3 * synthetic_per_type, 0, 0), progress=False)
-    if extra:
-        convert_label_images(extra[0], os.path.join(data_root, "extra"), extra[1], extra[2])
+    if inputs["extra"]:
+        write_label_images(os.path.join(data_root, "extra"), inputs["extra"])
+
+
+def prepare_data(data, data_root, split, seed, synthetic_per_type, extra=None):
+    """``data`` (Kaggle folder or COCO JSON) and ``extra`` ((folder, cell type, scale) of label
+    images, or None) read, checked and written under data_root (read_data, write_data)."""
+    write_data(read_data(data, data_root, split, seed, extra=extra), data_root, seed,
+               synthetic_per_type)
 
 
 def schedule(iters: int) -> list:
@@ -104,16 +153,41 @@ def schedule(iters: int) -> list:
             "SOLVER.WARMUP_ITERS", min(30, iters // 4)]
 
 
+def choose_precision(choice: str, native: bool, time_both) -> tuple:
+    """(bfloat16 autocast?, why, {amp: s/it} or None): --precision auto times both (``time_both()`` ->
+    {amp: s/it}) only where the CPU has native bfloat16, and takes bfloat16 if at least 5%
+    faster; without native bfloat16 it is float32 without trying (emulated bfloat16 is ~30x
+    slower)."""
+    if choice == "float32":
+        return False, "--precision float32", None
+    if choice == "bfloat16":
+        why = "--precision bfloat16" + ("" if native else
+                                        " (this CPU has no native bfloat16: emulated, slow)")
+        return True, why, None
+    if not native:
+        return False, ("this CPU has no native bfloat16 (no AVX512-BF16 / AMX in its flags): "
+                       "float32, bfloat16 not tried"), None
+    timed = time_both()
+    amp = timed[True] < 0.95 * timed[False]
+    return amp, (f"{timed[False]:.2f} s/it in float32, {timed[True]:.2f} s/it with bfloat16 "
+                 f"autocast"), timed
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", default=os.path.join(TOOLS, "..", "..", "shared", "data",
                                                   "sartorius_recon"),
                    help="Kaggle-layout folder (train.csv, train/) or COCO instances JSON")
     p.add_argument("--output", help="default output/real_cpu (output/real_<arch>_cpu)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run of this tool in --output (exactly its files)")
     p.add_argument("--arch", choices=sorted(ARCHS), default="yolact")
     p.add_argument("--minutes", type=float, default=60.0, help="wall-time budget, all included")
     p.add_argument("--split", default="26,8,0", help="train,val,test of --data (see "
                    "tools/convert_sartorius.py)")
+    p.add_argument("--keep-empty", action="store_true",
+                   help="keep the images of a --data JSON that have no annotation (default: "
+                        "left out, with their number printed)")
     p.add_argument("--pretrain-share", type=float, default=0.35,
                    help="share of the training time spent on synthetic images")
     p.add_argument("--synthetic-per-type", type=int, default=30)
@@ -126,13 +200,22 @@ def main(argv=None):
                    help="rescaling of the --extra images (0.67: Usiigaci's fibroblasts to the "
                         "median area of Sartorius' astrocytes)")
     p.add_argument("--precision", choices=("auto", "bfloat16", "float32"), default="auto",
-                   help="training arithmetic; auto: the real images' iteration is timed in "
-                        "both and bfloat16 autocast (SOLVER.AMP.ENABLED) taken if it is at least "
-                        "5%% faster, as on CPUs with AVX512-BF16 / AMX (evaluation is float32)")
+                   help="training arithmetic; auto: float32, unless the CPU computes bfloat16 "
+                        "natively (AVX512-BF16 / AMX): then the real images' iteration is timed "
+                        "in both and bfloat16 autocast (SOLVER.AMP.ENABLED) taken if it is at "
+                        "least 5%% faster (evaluation is float32)")
+    p.add_argument("--eval-reserve", type=float,
+                   help="seconds kept for the final evaluation (default: 180 for yolact, 300 "
+                        "for maskrcnn, more on machines slower than 3 s/it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both stages")
     args = p.parse_args(argv)
     start = time.time()
+    budget = args.minutes * 60
+
+    def elapsed():
+        return time.time() - start
+
     out = args.output or ("output/real_cpu" if args.arch == "yolact" else
                           f"output/real_{args.arch}_cpu")
     config_name, eval_reserve = ARCHS[args.arch]
@@ -142,18 +225,28 @@ def main(argv=None):
         print("error: --extra joins the synthetic pretraining, which --pretrain-share 0 turns off",
               file=sys.stderr)
         return 1
-    if os.path.isdir(out):  # this tool's own folder: replaced whole
-        print(f"replacing {out} from an earlier run")
-        shutil.rmtree(out)
-    os.makedirs(out)
-    try:
-        prepare_data(args.data, data_root, [float(v) for v in args.split.split(",")], args.seed,
-                     args.synthetic_per_type,
-                     (args.extra, args.extra_type, args.extra_scale) if args.extra else None)
-    except (ConversionError, ValueError) as e:
+    try:  # everything the run reads is checked before anything is written
+        inputs = read_data(args.data, data_root, [float(v) for v in args.split.split(",")],
+                           args.seed, args.keep_empty,
+                           (args.extra, args.extra_type, args.extra_scale) if args.extra else None)
+        check_output_dir(out, TOOL, args.overwrite)
+    except (ConversionError, OutputFolderError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"[{time.time() - start:5.0f} s] data: {args.data} -> {data_root}/real, "
+    if inputs["empty"]:
+        print(f"note: {inputs['empty']} image(s) of {args.data} have no annotation and are left "
+              f"out of training and validation (--keep-empty keeps them)")
+    with run_in_place(out, TOOL):
+        try:
+            return train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed)
+        except (CalibrationError, RuntimeError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+
+
+def train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed):
+    write_data(inputs, data_root, args.seed, args.synthetic_per_type)
+    print(f"[{elapsed():5.0f} s] data: {args.data} -> {data_root}/real, "
           f"{3 * args.synthetic_per_type} synthetic images" +
           (f", {args.extra} -> {data_root}/extra" if args.extra else ""))
     pretrain_sets = str(("synthetic_train", "extra_train") if args.extra else ("synthetic_train",))
@@ -164,38 +257,51 @@ def main(argv=None):
     def stage_opts(amp: bool) -> list:
         return ["SEED", args.seed, "SOLVER.AMP.ENABLED", amp, *args.opts]
 
-    s_it = {}
-    if args.precision == "auto":
-        timed = {amp: calibrate(config, "('real_train',)",
-                                os.path.join(out, f"calibration_real_amp_{amp}"),
-                                no_eval + stage_opts(amp), data_root)
-                 for amp in (False, True)}
-        amp = timed[True] < 0.95 * timed[False]
-        s_it["real"] = timed[amp]
-        print(f"[{time.time() - start:5.0f} s] {timed[False]:.2f} s/it in float32, "
-              f"{timed[True]:.2f} s/it with bfloat16 autocast: training in "
-              f"{PRECISION_NAMES[amp]}")
-    else:
-        amp = args.precision == "bfloat16"
-    common = stage_opts(amp)
+    # A calibration gets at most 4% of the budget (a minute at least): a CPU far slower than
+    # expected (or emulating bfloat16) costs that, not the budget.
+    limit = max(60.0, 0.04 * budget)
+    startups = []
+
+    def timed_calibration(stage, dataset, amp, name):
+        begun = elapsed()
+        s_it = calibrate(config, dataset, os.path.join(out, name), no_eval + stage_opts(amp),
+                         data_root, timeout=limit)
+        startups.append(max(0.0, elapsed() - begun - CALIBRATION_ITERS * s_it))
+        return s_it
+
+    amp, why, timed = choose_precision(args.precision, native_bfloat16(), lambda: {
+        a: timed_calibration("real", "('real_train',)", a, f"calibration_real_amp_{a}")
+        for a in (False, True)})
+    print(f"[{elapsed():5.0f} s] {why}: training in {PRECISION_NAMES[amp]}")
+    s_it = {"real": timed[amp]} if timed else {}
     stages = (("synthetic", pretrain_sets), ("real", "('real_train',)"))
-    s_it.update({stage: calibrate(config, dataset, os.path.join(out, f"calibration_{stage}"),
-                                  no_eval + common, data_root)
+    s_it.update({stage: timed_calibration(stage, dataset, amp, f"calibration_{stage}")
                  for stage, dataset in stages if stage not in s_it})
-    left = args.minutes * 60 - (time.time() - start) - eval_reserve
-    pre = (max(1, int(left * args.pretrain_share / (s_it["synthetic"] * 1.04)))
-           if args.pretrain_share > 0 else 0)  # 4%: each stage's start-up
-    fine = max(1, int((left - pre * s_it["synthetic"]) / (s_it["real"] * 1.04)))
-    print(f"[{time.time() - start:5.0f} s] {s_it['synthetic']:.2f} s/it on synthetic, "
-          f"{s_it['real']:.2f} s/it on real images on this machine: {pre} iterations on "
+    startup = statistics.median(startups)  # a stage's start-up: loading, building, first data
+    float32_s_it = timed[False] if timed else s_it["real"]
+    if args.eval_reserve is not None:
+        eval_reserve = args.eval_reserve
+    else:
+        eval_reserve *= max(1.0, float32_s_it / RESERVE_S_PER_IT)
+    common = stage_opts(amp)
+    left = budget - elapsed() - eval_reserve - 2 * startup
+    pre = (max(1, int(left * args.pretrain_share / (s_it["synthetic"] * 1.02)))
+           if args.pretrain_share > 0 else 0)
+    fine = max(1, int((left - pre * s_it["synthetic"]) / (s_it["real"] * 1.02)))
+    print(f"[{elapsed():5.0f} s] {s_it['synthetic']:.2f} s/it on synthetic, "
+          f"{s_it['real']:.2f} s/it on real images on this machine ({startup:.0f} s start-up "
+          f"per stage, {eval_reserve:.0f} s kept for the evaluation): {pre} iterations on "
           f"synthetic images, {fine} on the real ones")
 
-    weights = ""
+    weights, stopped = "", {}
     if pre:
+        # The time limit stops a pretraining far slower than calibrated (a busy machine).
         train_net(config, ["DATASETS.TRAIN", pretrain_sets, "MODEL.WEIGHTS", "", *schedule(pre),
-                           *no_eval, "OUTPUT_DIR", os.path.join(out, "pretrain"), *common],
-                  data_root, os.path.join(out, "pretrain.log"))
+                           *no_eval, "OUTPUT_DIR", os.path.join(out, "pretrain"),
+                           "SOLVER.MAX_SECONDS", max(1, round(1.25 * pre * s_it["synthetic"])),
+                           *common], data_root, os.path.join(out, "pretrain.log"))
         weights = os.path.join(out, "pretrain", "model_final.pth")
+        stopped["pretrain"] = time_limit_iter(os.path.join(out, "pretrain", "metrics.json"))
         # Re-plan with the time actually left, and the real images' s/it scaled by how far the
         # pretraining's own s/it was from its calibration (both were timed in the same
         # conditions; a longer run on a busy machine drifts the same way). Faster than
@@ -204,18 +310,30 @@ def main(argv=None):
         drift = seconds_per_iteration(os.path.join(out, "pretrain", "metrics.json")) \
             / s_it["synthetic"]
         drift = drift if drift == drift else 1.0  # NaN: pretraining too short to log a time
-        left = args.minutes * 60 - (time.time() - start) - eval_reserve
+        left = budget - elapsed() - eval_reserve - startup
         fine = max(1, int(left / (s_it["real"] * max(drift, 0.9) * 1.02)))
-        print(f"[{time.time() - start:5.0f} s] pretrained -> {weights}; {fine} iterations on the "
+        print(f"[{elapsed():5.0f} s] pretrained -> {weights}; {fine} iterations on the "
               f"real images")
+    # The fine-tune stops where the budget (less the evaluation) ends, should it run slower
+    # than planned; its last checkpoint and evaluation still follow.
+    limit_s = max(1, round(budget - elapsed() - eval_reserve - startup))
     train_net(config, ["MODEL.WEIGHTS", weights, *schedule(fine), "TEST.EVAL_PERIOD", fine,
-                       "OUTPUT_DIR", out, *common], data_root, os.path.join(out, "finetune.log"))
-    wall = time.time() - start
-    report(out, wall, s_it, pre, fine, args, amp)
+                       "OUTPUT_DIR", out, "SOLVER.MAX_SECONDS", limit_s, *common],
+              data_root, os.path.join(out, "finetune.log"))
+    stopped["finetune"] = time_limit_iter(os.path.join(out, "metrics.json"))
+    report(out, elapsed(), s_it, pre, fine, args, amp, why,
+           {k: v for k, v in stopped.items() if v is not None})
     return 0
 
 
-def report(out, wall, s_it, pre, fine, args, amp):
+def time_limit_iter(metrics_file: str):
+    """The iteration where SOLVER.MAX_SECONDS stopped a run (None if it did not)."""
+    with open(metrics_file) as f:
+        rows = [json.loads(line) for line in f]
+    return next((int(r["time_limit_iter"]) for r in rows if "time_limit_iter" in r), None)
+
+
+def report(out, wall, s_it, pre, fine, args, amp, why, stopped):
     with open(os.path.join(out, "inference", "real_val", "per_class_segm.json")) as f:
         table = json.load(f)
     with open(os.path.join(out, "metrics.json")) as f:
@@ -230,11 +348,14 @@ def report(out, wall, s_it, pre, fine, args, amp):
           f"{fine} at {s_it['real']:.2f} s/it, as calibrated, "
           f"{PRECISION_NAMES[amp]}); "
           f"model: {out}/model_final.pth, config: {out}/config.yaml")
+    for stage, it in stopped.items():
+        print(f"note: the {stage} reached its time limit at iteration {it}: the rest was skipped")
     write_json(os.path.join(out, "train_real.json"), {
         "data": os.path.abspath(args.data), "arch": args.arch, "minutes_budget": args.minutes,
         "wall_s": round(wall, 1), "s_per_it": {k: round(v, 3) for k, v in s_it.items()},
-        "precision": PRECISION_NAMES[amp], "pretrain_iters": pre,
-        "finetune_iters": fine, "seed": args.seed, "segm_per_class": table,
+        "precision": PRECISION_NAMES[amp], "precision_why": why, "pretrain_iters": pre,
+        "finetune_iters": fine, "time_limit_iter": stopped, "seed": args.seed,
+        "segm_per_class": table,
         "metrics": {k: v for k, v in final.items() if "/" in k}})
 
 

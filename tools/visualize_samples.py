@@ -3,8 +3,8 @@
 TEST.INSTANCE_SCORE_THRESH, made non-overlapping) and save the best and worst as
 side-by-side panels: ground truth | prediction (Detectron2 Visualizer; the prediction panel
 shows exactly the cells scored). Predictions are kept box-local, so memory does not grow with
-the dataset. An output folder holding an earlier run is refused unless --overwrite, which
-replaces it as a whole.
+the dataset. The output folder must be new, empty, or hold an earlier run of this tool
+(replaced with --overwrite, exactly its own files).
 
     tools/visualize_samples.py --config-file CFG --weights model_final.pth \
         [--dataset synthetic_val] [--num 2] --output samples/
@@ -27,17 +27,18 @@ from cellseg_d2.cells import cells_from_instances, coco_rle, paint_labels
 from cellseg_d2.checkpoint import FittingCheckpointer, check_weights
 from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.data.datasets import DatasetMissingError
+from cellseg_d2.data.image_io import read_image
 from cellseg_d2.data.mapper import CellDatasetMapper, annotation_rles
 from cellseg_d2.evaluation.kaggle_metric import rle_score
 from cellseg_d2.outputs import overlay, write_image
-from cellseg_d2.predict import InputError, check_output_dir, staged_dir
+from cellseg_d2.run_folder import OutputFolderError, check_output_dir, staged_run
 from cellseg_d2.utils import atomic_open
 
-OUTPUTS = ("best_*.png", "worst_*.png", "scores.csv")
+TOOL = "tools/visualize_samples.py"
 
 
 def panel(record, cells, metadata, score):
-    image = cv2.imread(record["file_name"], cv2.IMREAD_COLOR)
+    image = read_image(record["file_name"])
     left = Visualizer(image[:, :, ::-1], metadata,
                       instance_mode=ColorMode.IMAGE).draw_dataset_dict(record).get_image()
     right = overlay(image, cells, metadata)[:, :, ::-1]
@@ -65,12 +66,12 @@ def main(argv=None):
     try:
         cfg = load_cfg(args.config_file, args.opts, args.weights, args.device)
         check_weights(cfg.MODEL.WEIGHTS)
-        check_output_dir(args.output, args.overwrite, OUTPUTS)
+        check_output_dir(args.output, TOOL, args.overwrite)
         name = args.dataset or cfg.DATASETS.TEST[0]
         records = DatasetCatalog.get(name)
         model = build_model(cfg).eval()
         FittingCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    except (SetupError, DatasetMissingError, KeyError, InputError) as e:
+    except (SetupError, DatasetMissingError, KeyError, OutputFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     metadata = MetadataCatalog.get(name)
@@ -82,13 +83,25 @@ def main(argv=None):
             inst = model([mapper(record)])[0]["instances"].to("cpu")
             _, cells = paint_labels(cells_from_instances(inst, cfg.TEST.INSTANCE_SCORE_THRESH),
                                     (h, w))
-            gt = annotation_rles(record["annotations"], h, w)
+            gt = annotation_rles([a for a in record["annotations"] if not a.get("iscrowd", 0)],
+                                 h, w)  # as the Kaggle metric scores
             scored.append((rle_score(gt, [coco_rle(c, h, w) for c in cells]), record, cells))
     scored.sort(key=lambda t: -t[0])
     k = min(args.num, len(scored))
     picks = [("best", i + 1, scored[i]) for i in range(k)]
     picks += [("worst", i + 1, scored[-1 - i]) for i in range(k)]
-    with staged_dir(args.output) as stage:
+    try:
+        write_samples(args.output, picks, scored, metadata)
+    except OutputFolderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {2 * k} panels and scores.csv to {args.output}/ "
+          f"(best {scored[0][0]:.3f}, worst {scored[-1][0]:.3f})")
+    return 0
+
+
+def write_samples(output, picks, scored, metadata):
+    with staged_run(output, TOOL) as stage:
         for kind, rank, (score, record, cells) in picks:
             stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
             write_image(os.path.join(stage, f"{kind}_{rank}_{stem}.png"),
@@ -99,9 +112,6 @@ def main(argv=None):
             for score, record, cells in scored:
                 writer.writerow([os.path.basename(record["file_name"]), f"{score:.4f}",
                                  len(record["annotations"]), len(cells)])
-    print(f"wrote {2 * k} panels and scores.csv to {args.output}/ "
-          f"(best {scored[0][0]:.3f}, worst {scored[-1][0]:.3f})")
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 
+from ..config import inference_scale
 from .image_io import read_image
 
 
@@ -53,27 +54,58 @@ class RandomScale(T.Augmentation):
         self._init(locals())
 
     def get_transform(self, image):
+        return ScaleBy(self._rand_range(self.low, self.high)).get_transform(image)
+
+
+class ScaleBy(T.Augmentation):
+    """Resize by a fixed factor (rounded as ResizeShortestEdge rounds)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def get_transform(self, image):
         h, w = image.shape[:2]
-        s = self._rand_range(self.low, self.high)
-        return T.ResizeTransform(h, w, max(1, round(h * s)), max(1, round(w * s)))
+        return T.ResizeTransform(h, w, max(1, int(h * self.factor + 0.5)),
+                                 max(1, int(w * self.factor + 0.5)))
+
+
+class ScaleFromNative(T.ResizeShortestEdge):
+    """ResizeShortestEdge's random short side, as the factor it gives an image of the native
+    short side (TEST.TILE.NATIVE_SHORT_SIDE): an image of any size is scaled like a native one,
+    so its cells keep the size they have at test time (config.inference_scale)."""
+
+    def __init__(self, short_edge_length, native_short_side: int, sample_style="choice"):
+        super().__init__(short_edge_length, sample_style=sample_style)
+        self.native_short_side = native_short_side
+
+    def get_transform(self, image):
+        if self.is_range:
+            size = np.random.randint(self.short_edge_length[0], self.short_edge_length[1] + 1)
+        else:
+            size = np.random.choice(self.short_edge_length)
+        return ScaleBy(size / self.native_short_side).get_transform(image)
 
 
 def build_augmentations(cfg, is_train: bool):
-    """Test: ResizeShortestEdge. Training: a random crop of the original image (INPUT.CROP,
-    as in Detectron2's DatasetMapper: crop first, so masks are cut before they are resized),
-    then ResizeShortestEdge, or a random scale factor when INPUT.TRAIN_SCALE is (low, high),
-    then flips and, with INPUT.TRANSPOSE, a random transpose."""
+    """Test: resize by config.inference_scale (every path: evaluation, predict, tiles). Training: a
+    random crop of the original image (INPUT.CROP, as in Detectron2's DatasetMapper: crop
+    first, so masks are cut before they are resized), then a random scale factor in
+    INPUT.TRAIN_SCALE (low, high), or else INPUT.MIN_SIZE_TRAIN as factors of the native short
+    side (ScaleFromNative), then flips and, with INPUT.TRANSPOSE, a random transpose."""
     if not is_train:
-        return utils.build_augmentation(cfg, is_train)
+        return [ScaleBy(inference_scale(cfg))]
     augs = []
     if cfg.INPUT.CROP.ENABLED:
         augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     if cfg.INPUT.TRAIN_SCALE:
         augs.append(RandomScale(*cfg.INPUT.TRAIN_SCALE))
-        if cfg.INPUT.RANDOM_FLIP == "horizontal":
-            augs.append(T.RandomFlip(horizontal=True, vertical=False))
     else:
-        augs += utils.build_augmentation(cfg, is_train)  # ResizeShortestEdge (+ RandomFlip)
+        augs.append(ScaleFromNative(cfg.INPUT.MIN_SIZE_TRAIN, cfg.TEST.TILE.NATIVE_SHORT_SIDE,
+                                    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING))
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                                 vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
     if cfg.INPUT.VERTICAL_FLIP:
         augs.append(T.RandomFlip(horizontal=False, vertical=True))
     if cfg.INPUT.TRANSPOSE:

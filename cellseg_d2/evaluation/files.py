@@ -4,16 +4,34 @@ segm AP overall and per class at any maxDets (faster-coco-eval) and the Kaggle m
 from __future__ import annotations
 
 import os
+from collections import Counter
 
-import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from ..cells import Cell, cells_from_label, coco_rle, paint_labels, tight
+from ..data.coco_checks import (
+    check_annotations,
+    check_categories,
+    check_images,
+    is_int,
+    is_number,
+    segmentation_problem,
+    to_rle,
+)
 from ..data.coco_input import read_coco, read_json
+from ..data.image_io import ImageReadError, read_unchanged
 from ..data.mapper import annotation_rles
 from .kaggle_metric import score_cells
-from .per_class import METRICS, evaluate_coco, per_class_metrics
+from .per_class import (
+    COCO_AREA_BANDS,
+    METRICS,
+    evaluate_coco,
+    per_class_agnostic,
+    per_class_metrics,
+    recall_metrics,
+)
 
 LABEL_EXTENSIONS = (".tif", ".tiff", ".png")
 
@@ -27,37 +45,159 @@ def load_json(path: str, what: str):
 
 
 def load_ground_truth(path: str):
-    """faster-coco-eval COCO of a COCO instances JSON, checked for what scoring reads."""
+    """faster-coco-eval COCO of a COCO instances JSON, checked up front (data.coco_checks):
+    integer ids each used once, named categories, annotations of listed images and categories
+    whose masks fit their image; a missing bbox or area is computed from the mask."""
     from faster_coco_eval import COCO
 
     data = read_coco(path, "ground truth", ScoringError)
-    for i, im in enumerate(data["images"]):
-        missing = [k for k in ("id", "height", "width") if k not in im]
-        if missing:
-            raise ScoringError(f"{path}: images[{i}] has no {missing[0]!r}")
-    for i, a in enumerate(data["annotations"]):
-        missing = [k for k in ("image_id", "category_id", "segmentation", "bbox") if k not in a]
-        if missing:
-            raise ScoringError(f"{path}: annotations[{i}] (id {a.get('id')}) has no {missing[0]!r}")
+    images = check_images(data, path, ScoringError)
+    cats = check_categories(data, path, ScoringError)
+    sizes = {i: (im["height"], im["width"]) for i, im in images.items()}
+    check_annotations(data, path, ScoringError, sizes, cats)
+    for a in data["annotations"]:
         a.setdefault("iscrowd", 0)
+        if "bbox" not in a or "area" not in a:
+            rle = to_rle(a["segmentation"], *sizes[a["image_id"]])
+            a.setdefault("bbox", [float(v) for v in mask_util.toBbox(rle)])
+            a.setdefault("area", float(mask_util.area(rle)))
     return COCO(data)
 
 
-def check_results(results, gt, path: str) -> list:
-    if not isinstance(results, list):
+def read_results(path: str):
+    """(detections, the results' images or None) of a COCO results file: a list of detections,
+    with predict's images.json beside it naming each image id's file, or a COCO-style dict
+    whose "annotations" are the detections and "images" name them."""
+    data = load_json(path, "results")
+    images = None
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        images = data.get("images")
+        data, source = data["annotations"], path
+    else:
+        source = os.path.join(os.path.dirname(os.path.abspath(path)), "images.json")
+        if os.path.isfile(source):
+            images = load_json(source, "results' image list")
+    if not isinstance(data, list):
         raise ScoringError(f"{path}: a COCO results file is a list of detections")
-    images, cats = set(gt.getImgIds()), set(gt.getCatIds())
+    if images is not None and not isinstance(images, list):
+        raise ScoringError(f"{source}: the results' images are not a list")
+    return data, images, source
+
+
+def match_by_file_name(images: list, gt, source: str) -> dict:
+    """{the results' image id: the ground truth's image id of the same file name} (base name;
+    or the name without its extension where only that matches once). A name the ground truth
+    does not hold, held twice, named by two results images, or of another size is an error."""
+    by_name, by_stem = {}, {}
+    for g in gt.dataset["images"]:
+        name = os.path.basename(str(g.get("file_name", "")))
+        by_name.setdefault(name, []).append(g)
+        by_stem.setdefault(os.path.splitext(name)[0], []).append(g)
+    mapping, taken = {}, {}
+    for i, im in enumerate(images):
+        if not isinstance(im, dict) or not is_int(im.get("id")) or \
+                not isinstance(im.get("file_name"), str):
+            raise ScoringError(f"{source}: images[{i}] needs an integer 'id' and a 'file_name'")
+        name = os.path.basename(im["file_name"])
+        found = by_name.get(name) or by_stem.get(os.path.splitext(name)[0], [])
+        if not found:
+            raise ScoringError(f"{source}: image {im['id']} is {name}, which the ground truth "
+                               f"does not hold; these results are of other images")
+        if len(found) > 1:
+            raise ScoringError(f"{source}: the ground truth holds {len(found)} images named "
+                               f"{name}; cannot tell which image {im['id']} is")
+        g = found[0]
+        if g["id"] in taken:
+            raise ScoringError(f"{source}: images {taken[g['id']]} and {im['id']} are both "
+                               f"{name}")
+        if im["id"] in mapping:
+            raise ScoringError(f"{source}: image id {im['id']} is listed twice")
+        if "height" in im and (im.get("height"), im.get("width")) != (g["height"], g["width"]):
+            raise ScoringError(f"{source}: {name} is {im.get('width')}x{im.get('height')} in "
+                               f"the results but {g['width']}x{g['height']} in the ground truth")
+        mapping[im["id"]], taken[g["id"]] = g["id"], im["id"]
+    return mapping
+
+
+def check_results(results: list, gt, path: str, mapping: dict = None) -> list:
+    """The detections, checked (one line naming the first bad one) and with every mask as a
+    compressed RLE; with ``mapping`` (match_by_file_name), image ids are the ground truth's."""
+    cats = set(gt.getCatIds())
+    sizes = {i: (im["height"], im["width"]) for i, im in gt.imgs.items()}
+    out = []
     for i, r in enumerate(results):
+        where = f"{path}: detection {i}"
+        if not isinstance(r, dict):
+            raise ScoringError(f"{where} is not an object")
         missing = [k for k in ("image_id", "category_id", "score", "segmentation") if k not in r]
         if missing:
-            raise ScoringError(f"{path}: detection {i} has no {missing[0]!r}")
-        if r["image_id"] not in images:
-            raise ScoringError(f"{path}: detection {i} has image_id {r['image_id']}, not an image "
-                               f"of the ground truth")
-        if r["category_id"] not in cats:
-            raise ScoringError(f"{path}: detection {i} has category_id {r['category_id']}, not a "
-                               f"category of the ground truth ({sorted(cats)})")
-    return results
+            raise ScoringError(f"{where} has no {missing[0]!r}")
+        image_id = r["image_id"]
+        if not is_int(image_id):
+            raise ScoringError(f"{where} has image_id {image_id!r}; image ids are integers")
+        if mapping is not None:
+            if image_id not in mapping:
+                raise ScoringError(f"{where} has image_id {image_id}, which the results' image "
+                                   f"list does not name")
+            image_id = mapping[image_id]
+        elif image_id not in sizes:
+            raise ScoringError(f"{where} has image_id {image_id}, not an image of the ground "
+                               f"truth")
+        if r["category_id"] not in cats or not is_int(r["category_id"]):
+            raise ScoringError(f"{where} has category_id {r['category_id']!r}, not a category "
+                               f"of the ground truth ({sorted(cats)})")
+        if not is_number(r["score"]):
+            raise ScoringError(f"{where} has score {r['score']!r}; a number is needed")
+        problem = segmentation_problem(r["segmentation"], *sizes[image_id])
+        if problem:
+            raise ScoringError(f"{where} (image {image_id}) has {problem}")
+        det = {"image_id": image_id, "category_id": r["category_id"], "score": float(r["score"]),
+               "segmentation": to_rle(r["segmentation"], *sizes[image_id])}
+        if "bbox" in r:
+            box = r["bbox"]
+            if not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
+                raise ScoringError(f"{where} has bbox {box!r} (4 numbers x, y, width, height)")
+            det["bbox"] = [float(v) for v in box]
+        out.append(det)
+    return out
+
+
+def results_file(path: str, gt, report=print) -> list:
+    """Checked detections of a COCO results file (read_results), matched to the ground truth's
+    images by file name where the results name their images, else by image id; ``report``
+    gets a line saying which, and one on what the results do not cover."""
+    results, images, source = read_results(path)
+    if images is None:
+        checked = check_results(results, gt, path)
+        report(f"note: {path} names no image files (no images.json beside it): results are "
+               f"matched to the ground truth's images by image id")
+        return checked
+    mapping = match_by_file_name(images, gt, source)
+    checked = check_results(results, gt, path, mapping)
+    moved = sum(k != v for k, v in mapping.items())
+    report(f"note: results matched to the ground truth's images by file name ({source})"
+           + (f"; {moved} of {len(mapping)} image ids differ from the ground truth's" if moved
+              else ""))
+    missing = sorted(set(gt.getImgIds()) - set(mapping.values()))
+    if missing:
+        name = gt.imgs[missing[0]].get("file_name", missing[0])
+        report(f"warning: {len(missing)} ground-truth images are not among the results' images "
+               f"(e.g. {name}): scored as images where nothing was found")
+    return checked
+
+
+def many_detections(results: list, gt, max_dets: int):
+    """A warning line if some image has more detections than AP reads (``max_dets``), else
+    None."""
+    per_image = Counter(r["image_id"] for r in results)
+    over = {i: n for i, n in per_image.items() if n > max_dets}
+    if not over:
+        return None
+    worst = max(over, key=over.get)
+    name = gt.imgs[worst].get("file_name", worst)
+    return (f"warning: {len(over)} image(s) have more than --max-dets {max_dets} detections "
+            f"(most: {over[worst]}, {name}): AP reads only each image's {max_dets} best; pass "
+            f"--max-dets {max(over.values())} to score them all")
 
 
 def find_label_file(folder: str, file_name: str, files: list) -> str:
@@ -76,17 +216,10 @@ def find_label_file(folder: str, file_name: str, files: list) -> str:
 
 
 def read_label(path: str, height: int, width: int) -> np.ndarray:
-    if path.lower().endswith((".tif", ".tiff")):
-        import tifffile
-
-        try:
-            label = tifffile.imread(path)
-        except Exception as e:  # tifffile raises several types for unreadable files
-            raise ScoringError(f"{path}: not a readable TIFF ({e})") from None
-    else:
-        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if label is None:
-            raise ScoringError(f"{path}: not a readable image")
+    try:
+        label = read_unchanged(path)
+    except ImageReadError as e:
+        raise ScoringError(str(e)) from None
     label = np.squeeze(label)
     if label.shape != (height, width) or not np.issubdtype(label.dtype, np.integer):
         raise ScoringError(f"{path}: expected a {height}x{width} integer label image, got "
@@ -131,15 +264,21 @@ def agnostic(gt, results: list):
     return COCO(data), [dict(r, category_id=1) for r in results]
 
 
-def coco_metrics(gt, results: list, iou_type: str, max_dets: int, names: list):
-    """Training's metrics for one task: {"AP": .., "AP-<class>": .., ...} in %, and the
-    per-class table."""
+def coco_metrics(gt, results: list, iou_type: str, max_dets, names: list,
+                 area_bands=COCO_AREA_BANDS, class_agnostic: bool = False):
+    """Training's metrics for one task: {"AP": .., "AP-<class>": .., "AR@<n>": .., ...} in %,
+    and the per-class table; ``max_dets`` is the three maxDets (AP read at the last). With
+    ``class_agnostic`` (LIVECell's protocol) the overall numbers ignore the classes and each
+    class is scored over the images holding it."""
     if not results:
         raise ScoringError("no detections to score")
-    e = evaluate_coco(gt, results, iou_type, (1, 10, max_dets))
+    e = evaluate_coco(gt, results, iou_type, tuple(max_dets), area_bands=area_bands,
+                      use_cats=not class_agnostic)
     metrics = {m: float(e.stats[i] * 100) if e.stats[i] >= 0 else float("nan")
                for i, m in enumerate(METRICS)}
-    table = per_class_metrics(e.eval["precision"], e.params.iouThrs, names)
+    metrics.update(recall_metrics(e.stats, max_dets))
+    table = per_class_agnostic(e, names) if class_agnostic else \
+        per_class_metrics(e.eval["precision"], e.params.iouThrs, names)
     for name, values in table.items():
         for m, v in values.items():
             metrics[f"{m}-{name}"] = v
@@ -179,8 +318,6 @@ def kaggle_metric(gt, results: list, score_thresh: float, names: list) -> dict:
 
 
 def rle_mask(segmentation, height: int, width: int) -> np.ndarray:
-    import pycocotools.mask as mask_util
-
     rle = annotation_rles([{"segmentation": segmentation}], height, width)[0]
     if isinstance(rle.get("counts"), str):
         rle = dict(rle, counts=rle["counts"].encode("ascii"))

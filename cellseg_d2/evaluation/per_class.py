@@ -1,5 +1,6 @@
 """COCOEvaluator with a full per-class table (AP, AP50, AP75, APs, APm, APl per class), scored
-by faster-coco-eval at any maxDets.
+by faster-coco-eval at any maxDets, with COCO's or LIVECell's area bands, per class or
+class-agnostically (LIVECell's protocol).
 
 COCOEvaluator itself reports per-class AP only, and at maxDets other than 100 it falls back to
 pycocotools' Python evaluateImg (COCOevalMaxDets), seconds per image at ~1000 detections.
@@ -8,6 +9,7 @@ reads AP at the last maxDets, as COCOevalMaxDets does; so does the per-class tab
 """
 import contextlib
 import csv
+import functools
 import os
 from unittest import mock
 
@@ -22,6 +24,20 @@ from ..utils import atomic_open, write_json
 from .box_rle import encode_instance_masks
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+COCO_AREA_BANDS = (32**2, 96**2)  # small < 32^2 <= medium < 96^2 <= large (px^2)
+LIVECELL_AREA_BANDS = (18**2, 31**2)  # LIVECell's (Edlund et al. 2021): 324, 961
+
+
+def area_ranges(bands=COCO_AREA_BANDS) -> list:
+    """COCOeval.params.areaRng (all, small, medium, large) for the two band limits."""
+    small, large = bands
+    return [[0, 1e5**2], [0, small], [small, large], [large, 1e5**2]]
+
+
+def recall_metrics(stats, max_dets) -> dict:
+    """{"AR@<maxDets>": %} from COCOeval.stats (AR at each maxDets: entries 6-8)."""
+    return {f"AR@{m}": float(stats[6 + i] * 100) if stats[6 + i] >= 0 else float("nan")
+            for i, m in enumerate(max_dets)}
 
 
 def per_class_metrics(precision: np.ndarray, iou_thrs: np.ndarray, class_names) -> dict:
@@ -73,44 +89,83 @@ def instances_to_coco_json(instances, image_id: int) -> list:
     return results
 
 
+def _cocoeval(gt, dt, iou_type, max_dets, area_bands, use_cats=True, img_ids=None):
+    from faster_coco_eval import COCOeval_faster
+
+    e = COCOeval_faster(gt, dt, iou_type, print_function=lambda *a, **k: None)
+    e.params.maxDets = list(max_dets)
+    e.params.areaRng = area_ranges(area_bands)
+    e.params.useCats = int(use_cats)
+    if img_ids is not None:
+        e.params.imgIds = list(img_ids)
+    e.evaluate()
+    e.accumulate()
+    return e
+
+
 def evaluate_coco(coco_gt, coco_results: list, iou_type: str, max_dets=(1, 10, 100),
-                  img_ids=None):
+                  img_ids=None, area_bands=COCO_AREA_BANDS, use_cats: bool = True):
     """faster-coco-eval's COCOeval on ``coco_results`` (COCO results dicts) against
     ``coco_gt`` (a pycocotools or faster-coco-eval COCO), evaluated, accumulated and
-    summarised; ``stats[:6]`` and ``eval["precision"]`` are read at ``max_dets[-1]``."""
-    from faster_coco_eval import COCO, COCOeval_faster
+    summarised; ``stats[:6]`` and ``eval["precision"]`` are read at ``max_dets[-1]``, small /
+    medium / large split at ``area_bands`` (px^2); with ``use_cats`` False, class-agnostic
+    (COCOeval's useCats 0, as LIVECell's evaluation)."""
+    from faster_coco_eval import COCO
 
     # loadRes adds keys to each result: give it copies (their masks are only read)
     drop = ("bbox",) if iou_type == "segm" else ()  # mask areas define small / medium / large
     coco_results = [{k: v for k, v in r.items() if k not in drop} for r in coco_results]
     gt = coco_gt if isinstance(coco_gt, COCO) else COCO(coco_gt.dataset)
-    e = COCOeval_faster(gt, gt.loadRes(coco_results), iou_type,
-                        print_function=lambda *a, **k: None)
-    e.params.maxDets = list(max_dets)
-    if img_ids is not None:
-        e.params.imgIds = list(img_ids)
-    e.evaluate()
-    e.accumulate()
+    e = _cocoeval(gt, gt.loadRes(coco_results), iou_type, max_dets, area_bands, use_cats, img_ids)
     e.summarize()
     return e
 
 
+def per_class_agnostic(coco_eval, class_names) -> dict:
+    """The per-class table of a class-agnostic evaluation: each class scored class-agnostically
+    over the images that hold it (LIVECell's per-cell-type numbers: one type per image)."""
+    gt, p = coco_eval.cocoGt, coco_eval.params
+    table = {}
+    for cat, name in zip(sorted(gt.getCatIds()), class_names):
+        images = sorted({a["image_id"] for a in gt.loadAnns(gt.getAnnIds(catIds=[cat]))}
+                        & set(p.imgIds))
+        if not images:
+            table[name] = {m: float("nan") for m in METRICS}
+            continue
+        bands = (p.areaRng[1][1], p.areaRng[2][1])
+        e = _cocoeval(gt, coco_eval.cocoDt, p.iouType, p.maxDets, bands, False, images)
+        table[name] = per_class_metrics(e.eval["precision"], e.params.iouThrs, [name])[name]
+    return table
+
+
 def _detectron2_call(coco_gt, coco_results, iou_type, kpt_oks_sigmas=None, cocoeval_fn=None,
-                     img_ids=None, max_dets_per_image=None):
+                     img_ids=None, max_dets_per_image=None, area_bands=COCO_AREA_BANDS,
+                     use_cats=True):
     """evaluate_coco with the signature of Detectron2's _evaluate_predictions_on_coco."""
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"CellCOCOEvaluator scores bbox and segm, not {iou_type}")
     return evaluate_coco(coco_gt, coco_results, iou_type, max_dets_per_image or (1, 10, 100),
-                         img_ids)
+                         img_ids, area_bands, use_cats)
 
 
 class CellCOCOEvaluator(COCOEvaluator):
-    """Adds "<metric>-<class>" entries for every metric and writes per_class_{bbox,segm}.{json,csv}
-    in the output folder. Scores with faster-coco-eval (module docstring). Masks are
-    RLE-encoded from their boxes (much faster with ~1000 detections per image); results are
-    identical to Detectron2's encoding."""
+    """Adds "<metric>-<class>" entries for every metric, and "AR@<maxDets>" for each maxDets,
+    and writes per_class_{bbox,segm}.{json,csv} in the output folder. Scores with
+    faster-coco-eval (module docstring) at ``max_dets`` (three values, AP read at the last;
+    default (1, 10, max_dets_per_image)) with small / medium / large split at ``area_bands``
+    (COCO's 32^2 / 96^2 by default; LIVECell's protocol: 324 / 961 at (100, 500, 2000)).
+    Masks are RLE-encoded from their boxes (much faster with ~1000 detections per image);
+    results are identical to Detectron2's encoding."""
 
     _use_faster = True  # False: Detectron2's own path (pycocotools), for comparisons
+
+    def __init__(self, *args, max_dets=None, area_bands=COCO_AREA_BANDS, class_agnostic=False,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        if max_dets:
+            self._max_dets_per_image = list(max_dets)
+        self._area_bands = tuple(area_bands)
+        self._class_agnostic = class_agnostic
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
@@ -125,7 +180,9 @@ class CellCOCOEvaluator(COCOEvaluator):
 
     def _eval_predictions(self, predictions, img_ids=None):
         patch = mock.patch.object(coco_evaluation, "_evaluate_predictions_on_coco",
-                                  _detectron2_call)
+                                  functools.partial(_detectron2_call,
+                                                    area_bands=self._area_bands,
+                                                    use_cats=not self._class_agnostic))
         with patch if self._use_faster else contextlib.nullcontext():
             super()._eval_predictions(predictions, img_ids)
 
@@ -135,6 +192,7 @@ class CellCOCOEvaluator(COCOEvaluator):
         Detectron2 reports NaN then, and pycocotools cannot score an empty results list."""
         params = Params(iouType="segm")  # the thresholds and area ranges COCOeval would use
         cat_ids = sorted(self._coco_api.getCatIds())
+        params.areaRng = area_ranges(self._area_bands)
         precision = -np.ones((len(params.iouThrs), len(params.recThrs), len(cat_ids),
                               len(params.areaRng), 1))
         for a in self._coco_api.dataset["annotations"]:
@@ -153,11 +211,15 @@ class CellCOCOEvaluator(COCOEvaluator):
             any_class = precision.max(axis=2, keepdims=True)
             results = per_class_metrics(any_class, iou_thrs, ["all"])["all"]
         else:
-            results = super()._derive_coco_results(coco_eval, iou_type, class_names)
+            results = super()._derive_coco_results(
+                coco_eval, iou_type, None if self._class_agnostic else class_names)
+            results.update(recall_metrics(coco_eval.stats, self._max_dets_per_image))
         if class_names is None:
             return results
         if coco_eval is None:
             table = per_class_metrics(precision, iou_thrs, class_names)
+        elif self._class_agnostic:
+            table = per_class_agnostic(coco_eval, class_names)
         else:
             table = per_class_metrics(coco_eval.eval["precision"], coco_eval.params.iouThrs,
                                       class_names)
