@@ -149,11 +149,19 @@ def perturbed_results(gt_file, seed=0, densest_to=2100):
 
 
 def test_evaluate_tool_equals_livecells_own_protocol(sample, tmp_path):
+    """The official layout (annotations keyed by id, one category "cell") against results of
+    a model of the 8 cell types (category ids 1-8: class-agnostic, they do not count)."""
     gt_file = sample / ANNOTATIONS
     results = perturbed_results(gt_file)
-    (tmp_path / "results.json").write_text(json.dumps(results))
-    proc = tool("evaluate.py", "--gt", gt_file, "--results", tmp_path / "results.json",
-                "--protocol", "livecell", "--output", tmp_path / "eval")
+    official = json.loads(gt_file.read_text())
+    official["annotations"] = {str(a["id"]): a for a in official["annotations"]}
+    (tmp_path / "official.json").write_text(json.dumps(official))
+    types = {im["id"]: LIVECELL_CLASSES.index(im["file_name"].split("_")[0])
+             for im in official["images"]}
+    typed = [dict(r, category_id=types[r["image_id"]] + 1) for r in results]
+    (tmp_path / "results.json").write_text(json.dumps(typed))
+    proc = tool("evaluate.py", "--gt", tmp_path / "official.json", "--results",
+                tmp_path / "results.json", "--protocol", "livecell", "--output", tmp_path / "eval")
     assert "--max-dets 2000 detections (most: 2100" in proc.stderr  # more than it reads: said
     ours = json.loads((tmp_path / "eval" / "results.json").read_text())["segm"]
     ref = livecell_pycocotools(gt_file, results)

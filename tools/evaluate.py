@@ -94,7 +94,8 @@ def main(argv=None):
                      "scoring class-agnostically")
                 gt, results = agnostic(gt, results)
         else:
-            results = results_file(args.results, gt, report=note)
+            results = results_file(args.results, gt, report=note,
+                                   class_agnostic=agnostic_protocol)
         warning = many_detections(results, gt, max_dets)
         if warning:
             note(warning)

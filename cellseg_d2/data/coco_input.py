@@ -32,8 +32,11 @@ def read_json(path: str, what: str, error=ConversionError):
 
 
 def read_coco(path: str, what: str = "COCO JSON", error=ConversionError) -> dict:
-    """A COCO instances file: a dict with 'images', 'annotations' and 'categories' lists."""
+    """A COCO instances file: a dict with 'images', 'annotations' and 'categories' lists
+    (annotations keyed by id, as in LIVECell's official files, become a list)."""
     data = read_json(path, what, error)
+    if isinstance(data, dict) and isinstance(data.get("annotations"), dict):
+        data["annotations"] = list(data["annotations"].values())
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise error(f"{path}: not a COCO instances file (no {key!r} list)")

@@ -65,9 +65,9 @@ def load_ground_truth(path: str):
 
 
 def read_results(path: str):
-    """(detections, the results' images or None) of a COCO results file: a list of detections,
-    with predict's images.json beside it naming each image id's file, or a COCO-style dict
-    whose "annotations" are the detections and "images" name them."""
+    """(detections, the results' images or None, the file naming them) of a COCO results
+    file: a list of detections, with predict's images.json beside it naming each image id's
+    file, or a COCO-style dict whose "annotations" are the detections and "images" name them."""
     data = load_json(path, "results")
     images = None
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
@@ -119,9 +119,12 @@ def match_by_file_name(images: list, gt, source: str) -> dict:
     return mapping
 
 
-def check_results(results: list, gt, path: str, mapping: dict = None) -> list:
+def check_results(results: list, gt, path: str, mapping: dict = None,
+                  class_agnostic: bool = False) -> list:
     """The detections, checked (one line naming the first bad one) and with every mask as a
-    compressed RLE; with ``mapping`` (match_by_file_name), image ids are the ground truth's."""
+    compressed RLE; with ``mapping`` (match_by_file_name), image ids are the ground truth's.
+    ``class_agnostic``: any integer category is taken (as the ground truth's first; a model of
+    LIVECell's 8 cell types scored against its one category "cell")."""
     cats = set(gt.getCatIds())
     sizes = {i: (im["height"], im["width"]) for i, im in gt.imgs.items()}
     out = []
@@ -143,7 +146,7 @@ def check_results(results: list, gt, path: str, mapping: dict = None) -> list:
         elif image_id not in sizes:
             raise ScoringError(f"{where} has image_id {image_id}, not an image of the ground "
                                f"truth")
-        if r["category_id"] not in cats or not is_int(r["category_id"]):
+        if not is_int(r["category_id"]) or (r["category_id"] not in cats and not class_agnostic):
             raise ScoringError(f"{where} has category_id {r['category_id']!r}, not a category "
                                f"of the ground truth ({sorted(cats)})")
         if not is_number(r["score"]):
@@ -151,7 +154,8 @@ def check_results(results: list, gt, path: str, mapping: dict = None) -> list:
         problem = segmentation_problem(r["segmentation"], *sizes[image_id])
         if problem:
             raise ScoringError(f"{where} (image {image_id}) has {problem}")
-        det = {"image_id": image_id, "category_id": r["category_id"], "score": float(r["score"]),
+        category = min(cats) if class_agnostic else r["category_id"]
+        det = {"image_id": image_id, "category_id": category, "score": float(r["score"]),
                "segmentation": to_rle(r["segmentation"], *sizes[image_id])}
         if "bbox" in r:
             box = r["bbox"]
@@ -162,18 +166,18 @@ def check_results(results: list, gt, path: str, mapping: dict = None) -> list:
     return out
 
 
-def results_file(path: str, gt, report=print) -> list:
-    """Checked detections of a COCO results file (read_results), matched to the ground truth's
-    images by file name where the results name their images, else by image id; ``report``
-    gets a line saying which, and one on what the results do not cover."""
+def results_file(path: str, gt, report=print, class_agnostic: bool = False) -> list:
+    """Checked detections of a COCO results file (read_results, check_results), matched to the
+    ground truth's images by file name where the results name their images, else by image id;
+    ``report`` gets a line saying which, and one on what the results do not cover."""
     results, images, source = read_results(path)
     if images is None:
-        checked = check_results(results, gt, path)
+        checked = check_results(results, gt, path, class_agnostic=class_agnostic)
         report(f"note: {path} names no image files (no images.json beside it): results are "
                f"matched to the ground truth's images by image id")
         return checked
     mapping = match_by_file_name(images, gt, source)
-    checked = check_results(results, gt, path, mapping)
+    checked = check_results(results, gt, path, mapping, class_agnostic)
     moved = sum(k != v for k, v in mapping.items())
     report(f"note: results matched to the ground truth's images by file name ({source})"
            + (f"; {moved} of {len(mapping)} image ids differ from the ground truth's" if moved
