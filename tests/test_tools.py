@@ -179,8 +179,9 @@ def test_train_real_within_budget(tiny_synthetic, tmp_path):
                  "pretrain/model_final.pth", "inference/real_val/per_class_segm.csv"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "train_real.json").read_text())
-    assert summary["pretrain_iters"] > 10 and summary["finetune_iters"] > 10  # sized, not clamped
-    assert summary["wall_s"] <= minutes * 60 * 1.03, summary
+    # Stages sized by the budget (not clamped to 1 iteration), which the run fills and keeps.
+    assert summary["pretrain_iters"] > 1 and summary["finetune_iters"] > 1
+    assert 0.75 * minutes * 60 <= summary["wall_s"] <= minutes * 60 * 1.03, summary
     assert set(summary["segm_per_class"]) == {"shsy5y", "astro", "cort"}
     assert "cort" in proc.stdout and "s/it" in proc.stdout
     amp = False
