@@ -9,4 +9,7 @@ setup(
     # The pinned stack (torch 2.3.1, sal-detectron2 0.7.2, ...) is in requirements.txt and is
     # installed by tools/setup_env.sh; listing it here would let pip pick other torch builds.
     install_requires=["numpy<2", "opencv-python-headless", "pycocotools", "tqdm"],
+    # Cellpose 3.x, the peer model of tools/peers/cellpose.py (its CPnet trains from random
+    # weights); 4.x replaced it with a pretrained transformer.
+    extras_require={"cellpose": ["cellpose>=3.1,<4"]},
 )

@@ -11,6 +11,17 @@ of an iteration (no crops, native scale, no pretraining) get the recipe's wall t
 with seconds per iteration measured in this run. Test-time levers re-evaluate the recipe's
 model. Writes OUTPUT/seed<N>/ablation.json; `--table` prints the markdown table of every seed
 found under OUTPUT. Run one process per seed (e.g. each pinned to a core with taskset).
+
+    tools/ablate_real.py --folds 4 [--variants recipe,no_rot] [--pretrain-iters ...] ...
+
+--folds K cross-validates instead (how recipe choices are judged: the 8 fixed validation
+images hold 2 astro and 1 shsy5y image): the images of --data are split into K folds
+stratified by cell type (every image validated once; sartorius_recon's 4 folds hold 2-3 astro
+and 1 shsy5y image each); one pretraining on synthetic images is shared, then each variant
+(default: the recipe) is fine-tuned on each fold's training images and its detections on the
+fold's validation images are pooled and scored against all the images at once: per-class AP,
+AP50, Kaggle, each class's recall at the prediction threshold (TEST.INSTANCE_SCORE_THRESH) and
+per-image counts. Writes OUTPUT/cv<K>_seed<N>/<variant>/cv.json and per_image.csv.
 """
 import argparse
 import glob
@@ -21,6 +32,12 @@ import sys
 import yaml
 from train_real import CONFIGS, calibrate, prepare_data, schedule, seconds_per_iteration, train_net
 
+from cellseg_d2.data.sartorius import convert_sartorius, read_sartorius, write_splits
+from cellseg_d2.data.synthetic import generate_dataset
+from cellseg_d2.engine import native_bfloat16
+from cellseg_d2.evaluation.files import load_ground_truth
+from cellseg_d2.evaluation.pooled import cross_validation_report, pool_folds
+from cellseg_d2.outputs import write_csv
 from cellseg_d2.utils import write_json
 
 CLASSES = ("shsy5y", "astro", "cort")
@@ -112,14 +129,10 @@ def run_seed(args):
                            "OUTPUT_DIR", os.path.join(out, "pretrain"), *common],
                   data_root, os.path.join(out, "pretrain.log"))
     s_it["pretrain_ran"] = seconds_per_iteration(os.path.join(out, "pretrain", "metrics.json"))
-    for name, (what, opts, cost, from_pretrained) in TRAIN_VARIANTS.items():
+    for name, (what, opts, _, from_pretrained) in TRAIN_VARIANTS.items():
         if (name not in args.variants and name != "recipe") or name in rows:
             continue
-        iters = args.finetune_iters
-        if cost:
-            iters = max(1, round(iters * s_it["real"] / s_it[cost]))
-        if not from_pretrained:
-            iters += round(args.pretrain_iters * s_it["synthetic"] / s_it["real"])
+        iters = variant_iters(name, args, s_it)
         folder = os.path.join(out, name)
         if not os.path.isfile(os.path.join(folder, "model_final.pth")):
             train_net(config, ["MODEL.WEIGHTS", pretrained if from_pretrained else "",
@@ -137,6 +150,108 @@ def run_seed(args):
                                    data_root), what=what, iterations=args.finetune_iters)
         print(name, rows[name], flush=True)
         write_json(done, {"s_it": s_it, "rows": rows})
+
+
+def variant_iters(name: str, args, s_it: dict) -> int:
+    """Fine-tuning iterations of a variant: the same wall time as the recipe's."""
+    _, _, cost, from_pretrained = TRAIN_VARIANTS[name]
+    iters = args.finetune_iters
+    if cost:
+        iters = max(1, round(iters * s_it["real"] / s_it[cost]))
+    if not from_pretrained:
+        iters += round(args.pretrain_iters * s_it["synthetic"] / s_it["real"])
+    return iters
+
+
+def cv_data(args, out: str) -> tuple:
+    """Each fold's data root (real/: real_train, real_val), the pretraining root (synthetic/)
+    and the ground truth of every image; written once, reused by a resumed run."""
+    roots = []
+    for f in range(args.folds):
+        root = os.path.abspath(os.path.join(out, "data", f"fold{f}"))
+        if not os.path.isfile(os.path.join(root, "real", "annotations", "val.json")):
+            real = os.path.join(root, "real")
+            write_splits(real, read_sartorius(args.data, real, seed=args.seed,
+                                              folds=(args.folds, f), progress=False))
+        roots.append(root)
+    pre = os.path.abspath(os.path.join(out, "data", "pretrain"))
+    synthetic = os.path.join(pre, "synthetic")
+    if not os.path.isfile(os.path.join(synthetic, "annotations", "train.json")):
+        generate_dataset(synthetic, images_per_type=args.synthetic_per_type,
+                         seed=1000 + args.seed, progress=False)
+        convert_sartorius(synthetic, synthetic, split=(3 * args.synthetic_per_type, 0, 0),
+                          progress=False)
+    everything = os.path.join(out, "data", "all")
+    gt_path = os.path.join(everything, "annotations", "train.json")
+    if not os.path.isfile(gt_path):
+        write_splits(everything, read_sartorius(args.data, everything, split=(1, 0, 0),
+                                                progress=False))
+    return roots, pre, load_ground_truth(gt_path)
+
+
+def run_cv(args):
+    config = os.path.join(CONFIGS, "real_R18_cpu.yaml")
+    out = os.path.join(args.output, f"cv{args.folds}_seed{args.seed}")
+    os.makedirs(out, exist_ok=True)
+    roots, pre_root, gt = cv_data(args, out)
+    amp = native_bfloat16() if args.amp == "auto" else args.amp == "bfloat16"
+    common = ["SEED", args.seed, "SOLVER.AMP.ENABLED", amp]
+    no_eval = ["DATASETS.TEST", "()"]
+    unknown = [v for v in args.variants if v not in TRAIN_VARIANTS]
+    if unknown:
+        raise SystemExit(f"error: --folds takes training variants ({', '.join(TRAIN_VARIANTS)}), "
+                         f"not {unknown[0]!r}")
+    variants = args.variants
+    s_it = {}
+    if any(TRAIN_VARIANTS[v][2] or not TRAIN_VARIANTS[v][3] for v in variants):
+        s_it["synthetic"] = calibrate(config, "('synthetic_train',)",
+                                      os.path.join(out, "calibration_synthetic"),
+                                      no_eval + common, pre_root)
+        for name, dataset, opts in [("real", "('real_train',)", []),
+                                    *[(v, "('real_train',)", TRAIN_VARIANTS[v][1])
+                                      for v in variants if TRAIN_VARIANTS[v][2]]]:
+            s_it[name] = calibrate(config, dataset, os.path.join(out, f"calibration_{name}"),
+                                   no_eval + common + opts, roots[0])
+    pretrained = os.path.join(out, "pretrain", "model_final.pth")
+    if not os.path.isfile(pretrained):
+        train_net(config, ["DATASETS.TRAIN", "('synthetic_train',)", "MODEL.WEIGHTS", "",
+                           *schedule(args.pretrain_iters), *no_eval,
+                           "OUTPUT_DIR", os.path.join(out, "pretrain"), *common],
+                  pre_root, os.path.join(out, "pretrain.log"))
+    thresh = args.score_thresh
+    for name in variants:
+        what, opts, _, from_pretrained = TRAIN_VARIANTS[name]
+        iters = variant_iters(name, args, s_it)
+        fold_results, fold_images = [], []
+        for f, root in enumerate(roots):
+            folder = os.path.join(out, name, f"fold{f}")
+            found = os.path.join(folder, "inference", "real_val", "coco_instances_results.json")
+            if not os.path.isfile(found):
+                train_net(config, ["MODEL.WEIGHTS", pretrained if from_pretrained else "",
+                                   *schedule(iters), "TEST.EVAL_PERIOD", iters,
+                                   "OUTPUT_DIR", folder, *common, *opts], root, folder + ".log")
+            with open(found) as fh:
+                fold_results.append(json.load(fh))
+            with open(os.path.join(root, "real", "annotations", "val.json")) as fh:
+                fold_images.append([im["id"] for im in json.load(fh)["images"]])
+            print(f"{name} fold {f}: {len(fold_results[-1])} detections", flush=True)
+        report = cross_validation_report(gt, pool_folds(fold_results, fold_images), thresh)
+        rows = report.pop("per_image")
+        write_csv(os.path.join(out, name, "per_image.csv"), rows, list(rows[0]))
+        write_json(os.path.join(out, name, "cv.json"),
+                   dict(report, what=what, iterations=iters, folds=args.folds, seed=args.seed,
+                        pretrain_iters=args.pretrain_iters, amp=amp))
+        print(cv_summary(name, report), flush=True)
+
+
+def cv_summary(name: str, report: dict) -> str:
+    segm, recall = report["segm"], report["recall_at_thresh"]
+    found = report["agnostic_recall"][f"{report['thresh']:g}"]
+    per_class = "  ".join(f"{c} AP {segm[f'AP-{c}']:.1f} / AP50 {segm[f'AP50-{c}']:.1f} / "
+                          f"recall@{report['thresh']:g} {recall[c]:.0f}% (any type "
+                          f"{found[c]:.0f}%)" for c in CLASSES)
+    return (f"{name}: pooled segm AP {segm['AP']:.1f}, AP50 {segm['AP50']:.1f}, Kaggle "
+            f"{report['kaggle']['score']:.1f}; {per_class}")
 
 
 def table(output: str) -> str:
@@ -168,11 +283,18 @@ def main(argv=None):
     p.add_argument("--synthetic-per-type", type=int, default=30)
     p.add_argument("--variants", help="comma-separated subset of the variants (default: all)")
     p.add_argument("--table", action="store_true", help="print the table of finished seeds")
+    p.add_argument("--folds", type=int, help="cross-validate over K folds (see above)")
+    p.add_argument("--amp", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="--folds: precision (auto: bfloat16 autocast where the CPU has it natively)")
+    p.add_argument("--score-thresh", type=float, default=0.5,
+                   help="--folds: the prediction threshold the recall is read at")
     args = p.parse_args(argv)
     args.variants = (args.variants.split(",") if args.variants
-                     else [*TRAIN_VARIANTS, *TEST_VARIANTS])
+                     else ["recipe"] if args.folds else [*TRAIN_VARIANTS, *TEST_VARIANTS])
     if args.table:
         print(table(args.output))
+    elif args.folds:
+        run_cv(args)
     else:
         run_seed(args)
     return 0

@@ -11,6 +11,10 @@ if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import detectron2, cellse
         echo "[setup] installing new requirements into $VENV"
         "$VENV/bin/python" -m pip install -q -r requirements.txt
     fi
+    if ! "$VENV/bin/python" -c "import cellpose" 2>/dev/null; then
+        echo "[setup] installing the Cellpose peer into $VENV"
+        "$VENV/bin/python" -m pip install -q -c requirements.txt -r requirements-cellpose.txt
+    fi
     exit 0
 fi
 
@@ -39,5 +43,7 @@ rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -r requirements.txt
+# The peer model (optional extra), constrained to the pinned torch / numpy.
+"$VENV/bin/python" -m pip install -q -c requirements.txt -r requirements-cellpose.txt
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c "import detectron2, torch, cellseg_d2; print('[setup] detectron2', detectron2.__version__, 'torch', torch.__version__)"

@@ -132,6 +132,28 @@ def split_images(cell_types: dict, split=DEFAULT_SPLIT, seed: int = 0) -> dict:
     return {k: sorted(v) for k, v in out.items()}
 
 
+def kfold_parts(cell_types: dict, folds: int, seed: int = 0) -> list:
+    """``folds`` splits in which every image is validated exactly once, stratified by cell
+    type: each type's images, shuffled (seeded), are dealt over the folds in turn, each type
+    starting where the one before stopped, so every fold holds each type's share (+-1) and the
+    folds' sizes differ by at most one. Returns [{"train": [...], "val": [...], "test": []}]."""
+    if not 2 <= folds <= len(cell_types):
+        raise ConversionError(f"cross-validation needs 2 to {len(cell_types)} folds for "
+                              f"{len(cell_types)} images, got {folds}")
+    by_type = defaultdict(list)
+    for image_id in sorted(cell_types):
+        by_type[cell_types[image_id]].append(image_id)
+    rng = np.random.default_rng(seed)
+    fold_of, k = {}, 0
+    for t in sorted(by_type):
+        for i in rng.permutation(len(by_type[t])):
+            fold_of[by_type[t][i]] = k % folds
+            k += 1
+    ids = sorted(cell_types)
+    return [{"train": [i for i in ids if fold_of[i] != f],
+             "val": [i for i in ids if fold_of[i] == f], "test": []} for f in range(folds)]
+
+
 def _largest_remainder(quotas, total, caps=None):
     caps = caps or [total] * len(quotas)
     counts = [min(int(np.floor(q)), c) for q, c in zip(quotas, caps)]
@@ -207,13 +229,16 @@ def write_splits(out_dir: str, result: dict) -> None:
 
 def read_sartorius(data_dir: str, out_dir: str, split=DEFAULT_SPLIT, seed: int = 0,
                    fill: bool = False, polygons: bool = False, csv_name: str = "train.csv",
-                   image_subdir: str = "train", progress: bool = True) -> dict:
+                   image_subdir: str = "train", progress: bool = True, folds=None) -> dict:
     """What convert_sartorius writes ({split: coco dict}, file names relative to ``out_dir``),
-    every row and image read and checked; nothing is written."""
+    every row and image read and checked; nothing is written. With ``folds`` = (k, f) the
+    splits are fold f of kfold_parts(k, ``seed``) instead of ``split``."""
     csv_path = os.path.join(data_dir, csv_name)
     image_dir = os.path.join(data_dir, image_subdir)
     images = read_train_csv(csv_path)
-    parts = split_images({k: v["cell_type"] for k, v in images.items()}, split, seed)
+    cell_types = {k: v["cell_type"] for k, v in images.items()}
+    parts = (kfold_parts(cell_types, folds[0], seed)[folds[1]] if folds else
+             split_images(cell_types, split, seed))
     ordered = sorted(images)
     numbers = {image_id: i + 1 for i, image_id in enumerate(ordered)}
     records, anns = {}, {}

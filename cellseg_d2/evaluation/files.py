@@ -34,6 +34,7 @@ from .per_class import (
 )
 
 LABEL_EXTENSIONS = (".tif", ".tiff", ".png")
+SCORES_CSV = "scores.csv"  # beside label images: each cell's score
 
 
 class ScoringError(ValueError):
@@ -231,23 +232,63 @@ def read_label(path: str, height: int, width: int) -> np.ndarray:
     return label
 
 
+def read_label_scores(folder: str, files: list) -> dict | None:
+    """{(label file, cell id): score} from ``folder``/scores.csv (columns file, label, score:
+    a tool's confidence in each labelled cell, e.g. tools/peers/cellpose.py's), or None."""
+    import csv
+
+    path = os.path.join(folder, SCORES_CSV)
+    if not os.path.isfile(path):
+        return None
+    scores = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = csv.DictReader(f)
+        missing = {"file", "label", "score"} - set(rows.fieldnames or ())
+        if missing:
+            raise ScoringError(f"{path}: no column {sorted(missing)[0]!r} (expected file, "
+                               f"label, score)")
+        for line, row in enumerate(rows, start=2):
+            try:
+                key, score = (row["file"], int(row["label"])), float(row["score"])
+            except (TypeError, ValueError):
+                raise ScoringError(f"{path} row {line}: label must be an integer and score a "
+                                   f"number, got {row['label']!r}, {row['score']!r}") from None
+            if not np.isfinite(score) or key in scores:
+                raise ScoringError(f"{path} row {line}: " + ("score is not finite" if key not in
+                                   scores else f"{key[0]} label {key[1]} listed twice"))
+            scores[key] = score
+    return scores
+
+
 def results_from_labels(folder: str, gt, progress: bool = True) -> list:
-    """COCO results from label images (each labelled region one detection, score 1). A cell
-    takes its image's ground-truth class where the image has one (as in Sartorius and
-    LIVECell, one cell type per image); otherwise scoring must be class-agnostic."""
+    """COCO results from label images (each labelled region one detection). Scores come from
+    a scores.csv in the folder (file, label, score; every cell must be listed), else every
+    cell scores 1. A cell takes its image's ground-truth class where the image has one (as in
+    Sartorius and LIVECell, one cell type per image); otherwise scoring must be
+    class-agnostic."""
     if not os.path.isdir(folder):
         raise ScoringError(f"{folder}: results are neither a JSON file nor a folder of label images")
     files = sorted(f for f in os.listdir(folder) if f.lower().endswith(LABEL_EXTENSIONS))
+    scores = read_label_scores(folder, files)
     results = []
     for img in tqdm(gt.loadImgs(gt.getImgIds()), desc="reading labels", unit="img",
                     disable=not progress):
         h, w = img["height"], img["width"]
-        label = read_label(find_label_file(folder, img.get("file_name", str(img["id"])), files), h, w)
+        path = find_label_file(folder, img.get("file_name", str(img["id"])), files)
+        label = read_label(path, h, w).astype(np.int64, copy=False)
         classes = {a["category_id"] for a in gt.loadAnns(gt.getAnnIds(imgIds=[img["id"]]))}
         cat = classes.pop() if len(classes) == 1 else min(gt.getCatIds())
-        for c in cells_from_label(label.astype(np.int64, copy=False)):
+        for c in cells_from_label(label):
             x0, y0, x1, y1 = c.bounds
-            results.append({"image_id": img["id"], "category_id": cat, "score": 1.0,
+            score = 1.0
+            if scores is not None:
+                r, k = np.argwhere(c.mask)[0]
+                key = (os.path.basename(path), int(label[y0 + r, x0 + k]))
+                if key not in scores:
+                    raise ScoringError(f"{os.path.join(folder, SCORES_CSV)}: no score for "
+                                       f"{key[0]} label {key[1]}")
+                score = scores[key]
+            results.append({"image_id": img["id"], "category_id": cat, "score": score,
                             "bbox": [x0, y0, x1 - x0, y1 - y0],
                             "segmentation": coco_rle(c, h, w)})
     return results

@@ -1,0 +1,111 @@
+"""Cross-validation (tools/ablate_real.py --folds): folds stratified by cell type, every image
+validated once, the folds' detections pooled and scored as one evaluation."""
+import json
+from collections import Counter
+
+import pytest
+
+from cellseg_d2.data.sartorius import ConversionError, kfold_parts
+from cellseg_d2.evaluation.files import ScoringError, load_ground_truth
+from cellseg_d2.evaluation.pooled import cross_validation_report, pool_folds
+
+from .conftest import tool
+from .test_evaluate_inputs import ground_truth
+
+# sartorius_recon's mix: 21 cort, 9 astro, 4 shsy5y
+TYPES = {f"{t}{i:02d}": t for t, n in (("cort", 21), ("astro", 9), ("shsy5y", 4))
+         for i in range(n)}
+
+
+@pytest.mark.parametrize("folds, seed", [(4, 0), (4, 1), (5, 0), (2, 3), (34, 0)])
+def test_every_image_is_validated_once_and_folds_keep_the_mix(folds, seed):
+    parts = kfold_parts(TYPES, folds, seed)
+    assert len(parts) == folds
+    validated = [i for p in parts for i in p["val"]]
+    assert sorted(validated) == sorted(TYPES)  # each exactly once
+    sizes = [len(p["val"]) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+    for p in parts:
+        assert sorted(p["train"] + p["val"]) == sorted(TYPES) and not p["test"]
+        mix = Counter(TYPES[i] for i in p["val"])
+        for t, n in Counter(TYPES.values()).items():
+            assert abs(mix[t] - n / folds) < 1, (t, mix)
+    assert kfold_parts(TYPES, folds, seed) == parts  # seeded
+    if folds == 4:
+        assert all(2 <= Counter(TYPES[i] for i in p["val"])["astro"] <= 3 for p in parts)
+
+
+def test_other_seeds_deal_other_folds():
+    assert kfold_parts(TYPES, 4, 0) != kfold_parts(TYPES, 4, 1)
+
+
+@pytest.mark.parametrize("folds", [1, 35])
+def test_impossible_fold_counts_are_refused(folds):
+    with pytest.raises(ConversionError, match="folds"):
+        kfold_parts(TYPES, folds)
+
+
+def perfect(gt_dict, score=1.0):
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "score": score,
+             "bbox": a["bbox"], "segmentation": a["segmentation"]} for a in gt_dict["annotations"]]
+
+
+def test_pooled_folds_score_as_one_evaluation(tmp_path):
+    data = ground_truth()
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    gt = load_ground_truth(str(tmp_path / "gt.json"))
+    results = perfect(data)
+    folds = [[1, 3], [2]]
+    per_fold = [[r for r in results if r["image_id"] in f] for f in folds]
+    report = cross_validation_report(gt, pool_folds(per_fold, folds), thresh=0.5)
+    assert report["segm"]["AP"] == pytest.approx(100.0)
+    assert report["recall_at_thresh"] == {"astro": pytest.approx(100.0),
+                                          "cort": pytest.approx(100.0)}
+    rows = {r["image"]: r for r in report["per_image"]}
+    assert rows["data/a.png"]["gt_cells"] == rows["data/a.png"]["found"] == 4
+    assert rows["data/b.png"]["type"] == "cort" and rows["data/b.png"]["found_cort"] == 4
+
+    # Ranked perfectly but scored below the threshold: AP stays, recall at it is 0, and the
+    # per-image counts show it.
+    low = cross_validation_report(gt, perfect(data, 0.3), thresh=0.5)
+    assert low["segm"]["AP"] == pytest.approx(100.0)
+    assert low["recall_at_thresh"] == {"astro": 0.0, "cort": 0.0}
+    assert low["agnostic_recall"]["0.1"]["astro"] == pytest.approx(100.0)
+    assert low["agnostic_recall"]["0.5"]["astro"] == 0.0
+    assert all(r["found"] == 0 for r in low["per_image"])
+
+    # Half of astro's cells (image a's 4 of 8) above the threshold.
+    half = [dict(r, score=0.9 if r["image_id"] == 1 else 0.3) for r in results]
+    recall = cross_validation_report(gt, half, thresh=0.5)["recall_at_thresh"]
+    assert recall["astro"] == pytest.approx(50.0) and recall["cort"] == 0.0
+
+    # Every cell found, every one typed astro: cort's recall is 0, its agnostic recall 100.
+    typed = cross_validation_report(gt, [dict(r, category_id=1) for r in results], thresh=0.5)
+    assert typed["recall_at_thresh"]["cort"] == 0.0
+    assert typed["agnostic_recall"]["0.5"]["cort"] == pytest.approx(100.0)
+
+
+def test_pooling_refuses_overlapping_or_stray_folds():
+    results = [{"image_id": 2, "category_id": 1, "score": 1.0}]
+    with pytest.raises(ScoringError, match="folds 0 and 1"):
+        pool_folds([[], []], [[1, 2], [2, 3]])
+    with pytest.raises(ScoringError, match="did not validate"):
+        pool_folds([results, []], [[1], [2]])
+
+
+def test_cross_validation_runs_end_to_end(tiny_synthetic, tmp_path):
+    """tools/ablate_real.py --folds 2 on 6 small images: folds written, one pretraining,
+    each fold fine-tuned and evaluated, the pooled report over all 6 images."""
+    out = tmp_path / "cv"
+    proc = tool("ablate_real.py", "--data", tiny_synthetic / "synthetic", "--folds", 2,
+                "--pretrain-iters", 2, "--finetune-iters", 2, "--synthetic-per-type", 1,
+                "--amp", "float32", "--output", out)
+    report = json.loads((out / "cv2_seed0" / "recipe" / "cv.json").read_text())
+    assert report["folds"] == 2 and set(report["recall_at_thresh"]) == {"shsy5y", "astro", "cort"}
+    rows = (out / "cv2_seed0" / "recipe" / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6
+    vals = [json.loads((out / "cv2_seed0" / "data" / f"fold{f}" / "real" / "annotations" /
+                        "val.json").read_text())["images"] for f in (0, 1)]
+    assert sorted(im["file_name"] for v in vals for im in v) == sorted(
+        {im["file_name"] for v in vals for im in v}) and sum(map(len, vals)) == 6
+    assert "pooled segm AP" in proc.stdout
