@@ -155,3 +155,13 @@ def test_cellpose_trains_within_budget_predicts_and_is_scored(tiny_synthetic, tm
     refused = tool("peers/cellpose.py", "train", "--data", tiny_synthetic / "synthetic",
                    "--output", labels, "--epochs", 1, check=False)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
+
+
+def test_synthetic_images_become_cellpose_training_pairs(tmp_path):
+    from cellseg_d2.peers.cellpose_peer import synthetic_pairs
+
+    images, labels = synthetic_pairs(str(tmp_path), 1, seed=0)
+    assert len(images) == len(labels) == 3  # one per cell type
+    for image, label in zip(images, labels):
+        assert image.shape == label.shape == (520, 704) and image.dtype == np.uint8
+        assert label.max() >= 5 and set(np.unique(label)) == set(range(label.max() + 1))

@@ -65,9 +65,21 @@ def require_cellpose():
     if major != 3:
         raise PeerError(f"this peer is written for Cellpose 3.x (CPnet trained from random "
                         f"weights); found {version}")
-    # Cellpose logs every step at INFO to its own handlers; keep the terminal to ours.
+    # Cellpose logs every step at INFO; only its training progress (every 10th epoch's loss)
+    # reaches the terminal, see show_progress.
     logging.getLogger("cellpose").setLevel(logging.WARNING)
     return version
+
+
+def show_progress() -> None:
+    log = logging.getLogger("cellpose.train")
+    if not any(getattr(h, "cellseg_d2", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[cellpose] epoch %(message)s"))
+        handler.addFilter(lambda record: record.getMessage()[:1].isdigit())  # epoch lines
+        handler.cellseg_d2 = True
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def read_data(data: str, data_dir: str, split, seed: int) -> dict:
@@ -137,12 +149,25 @@ def plan_epochs(budget_s: float, elapsed_s: float, s_per_epoch: float, reserve_s
     return epochs
 
 
+def synthetic_pairs(output: str, per_type: int, seed: int) -> tuple[list, list]:
+    """Fresh synthetic images (the project's generator, as tools/train_real.py's pretraining
+    images, same seed rule) written to output/data/synthetic, as Cellpose training pairs."""
+    from ..data.synthetic import generate_dataset
+
+    folder = os.path.join(output, "data", "synthetic")
+    generate_dataset(folder, images_per_type=per_type, seed=1000 + seed, progress=False)
+    coco = read_sartorius(folder, folder, split=(1, 0, 0), progress=False)["train"]
+    return training_pairs(coco, folder, progress=False)
+
+
 def train(coco: dict, output: str, minutes: float, seed: int, epochs: int | None,
-          progress: bool = True) -> dict:
+          progress: bool = True, synthetic_per_type: int = 0) -> dict:
     """Train on ``coco["train"]`` (read_data's, file names relative to output/data) into
     ``output`` (a folder the caller allowed), writing ``coco`` to output/data; returns the
     run's summary. Without ``epochs``, as many epochs as the budget holds (after a timing run
-    of CALIBRATION_EPOCHS); with it, exactly that many."""
+    of CALIBRATION_EPOCHS); with it, exactly that many. ``synthetic_per_type`` synthetic
+    images of each type join the training images (one training set: Cellpose has no
+    pretraining stage)."""
     import torch
     from cellpose import dynamics
 
@@ -151,8 +176,13 @@ def train(coco: dict, output: str, minutes: float, seed: int, epochs: int | None
     data_dir = os.path.join(output, "data")
     write_splits(data_dir, coco)
     images, labels = training_pairs(coco["train"], data_dir, progress)
+    n_real = len(images)
+    if synthetic_per_type:
+        extra_images, extra_labels = synthetic_pairs(output, synthetic_per_type, seed)
+        images, labels = images + extra_images, labels + extra_labels
     # Cellpose's flow targets, once: every train_seg call below reuses them.
     flows = dynamics.labels_to_flows(labels, device=torch.device("cpu"))
+    batches = math.ceil(len(images) / SETTINGS["batch_size"])  # per epoch
     s_epoch = None
     if epochs is None:
         with tempfile.TemporaryDirectory(dir=output) as tmp:
@@ -162,15 +192,18 @@ def train(coco: dict, output: str, minutes: float, seed: int, epochs: int | None
         n_val = len(coco["val"]["images"])
         reserve = PREDICT_RESERVE_S[0] + PREDICT_RESERVE_S[1] * n_val
         epochs = plan_epochs(budget, time.time() - start, s_epoch, reserve)
-        print(f"[cellpose] {s_epoch:.1f} s per epoch ({math.ceil(len(images) / 8)} batches of "
+        print(f"[cellpose] {s_epoch:.1f} s per epoch ({batches} batches of "
               f"{SETTINGS['batch_size']} crops): {epochs} epochs fit in the budget", flush=True)
+    if progress:
+        show_progress()
     t0 = time.time()
     model_path = train_epochs(images, flows, epochs, output, seed)
     train_s = time.time() - t0
-    summary = {"cellpose": require_cellpose(), "seed": seed, "train_images": len(images),
+    summary = {"cellpose": require_cellpose(), "seed": seed, "train_images": n_real,
+               "synthetic_images": len(images) - n_real,
                "epochs": epochs, "calibrated_s_per_epoch": s_epoch,
                "s_per_epoch": train_s / epochs,
-               "s_per_batch": train_s / (epochs * math.ceil(len(images) / 8)),
+               "s_per_batch": train_s / (epochs * batches),
                "train_s": train_s, "threads": torch.get_num_threads(),
                "settings": dict(SETTINGS, diam_mean=DIAM_MEAN),
                "model": os.path.relpath(model_path, output)}

@@ -62,7 +62,8 @@ def run_train(args) -> int:
         raise peer.PeerError(f"{args.data}: the split {args.split} leaves no training images")
     with run_in_place(args.output, peer.TRAIN_TOOL) as out:
         summary = peer.train(coco, out, args.minutes, args.seed, args.epochs,
-                             progress=not args.quiet)
+                             progress=not args.quiet,
+                             synthetic_per_type=args.synthetic_per_type)
         summary.update(data=os.path.abspath(args.data), split=list(args.split))
         model = peer.load_model(out)
         files = peer.val_files(coco["val"], os.path.join(out, "data"))
@@ -109,6 +110,9 @@ def main(argv=None) -> int:
                    help="train,val,test as tools/train_real.py (default 26,8,0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, help="train exactly this many epochs (no timing run)")
+    t.add_argument("--synthetic-per-type", type=int, default=0,
+                   help="add this many of the project's synthetic images per cell type to the "
+                        "training images (default 0)")
     t.add_argument("--output", default="output/cellpose")
     t.add_argument("--overwrite", action="store_true", help="replace this tool's earlier run")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
