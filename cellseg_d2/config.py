@@ -94,6 +94,12 @@ def add_yolact_config(cfg):
     # Score above which a detection counts as a cell in label images, counts, the Kaggle
     # submission and the Kaggle metric (COCO AP uses every detection).
     cfg.TEST.INSTANCE_SCORE_THRESH = 0.5
+    # Median equivalent diameter (px, at the images' own resolution) of the training cells,
+    # written by training (tools/train_net.py); predict --diameter rescales by it (diameter.py).
+    # 0: not recorded. Each class's, by contiguous class id (what --diameter auto compares an
+    # image's cells with).
+    cfg.MODEL.CELL_DIAMETER = 0.0
+    cfg.MODEL.CELL_DIAMETER_BY_CLASS = []
     # Every image is resized by one factor at test time, its training scale (inference_scale below):
     # INPUT.TRAIN_SCALE where set, else MIN_SIZE_TEST / NATIVE_SHORT_SIDE, the factor an image of
     # the native size gets (Sartorius and LIVECell images are 704x520); training without
@@ -123,6 +129,20 @@ def inference_scale(cfg) -> float:
     return cfg.INPUT.MIN_SIZE_TEST / cfg.TEST.TILE.NATIVE_SHORT_SIDE
 
 
+def _floats_where_floats(cfg, opts: list) -> list:
+    """KEY VALUE overrides with a whole number given for a float key (MODEL.CELL_DIAMETER 12)
+    made a float: yacs refuses int for float ("Type mismatch")."""
+    out = list(opts)
+    for i in range(0, len(out) - 1, 2):
+        node, value = cfg, out[i + 1]
+        for part in str(out[i]).split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, float) and not isinstance(value, bool):
+            if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+                out[i + 1] = float(value)
+    return out
+
+
 def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None):
     if not os.path.isfile(config_file):
         raise SetupError(f"{config_file}: config file not found")
@@ -130,7 +150,7 @@ def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None)
     add_yolact_config(cfg)
     try:
         cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
+        cfg.merge_from_list(_floats_where_floats(cfg, list(opts)))
     except (KeyError, AssertionError) as e:
         # yacs: KeyError "Non-existent config key: X" (file), AssertionError "Non-existent key: X"
         msg = str(e.args[0] if e.args else e)

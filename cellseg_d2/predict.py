@@ -79,6 +79,17 @@ class CellPredictor(DefaultPredictor):
         FittingCheckpointer(self.model).load(weights)
         self.aug = ScaleBy(inference_scale(cfg))
 
+    def __call__(self, image, scale: float = None):
+        """Detectron2's outputs for one BGR image; ``scale`` replaces the training scale for
+        this image (an image of larger or smaller cells: tiling.CellSegmenter's diameter)."""
+        if scale is None:
+            return super().__call__(image)
+        default, self.aug = self.aug, ScaleBy(scale)
+        try:
+            return super().__call__(image)
+        finally:
+            self.aug = default
+
 
 # Per-image files, chosen with predict_files(save=...): name -> (folder, extension).
 SAVE = {"png": ("overlays", "png"), "tif": ("labels", "tif"), "rois": ("rois", "zip"),
@@ -139,7 +150,8 @@ def predict_files(segmenter, files, read_image, output_dir, metadata, save=DEFAU
                   ["image", "cell_id", "class", "score", "area_px", "centroid_x", "centroid_y",
                    "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"])
         write_csv(os.path.join(stage, "counts.csv"), run["counts"],
-                  ["image", "file", "cells", *[f"n_{c}" for c in class_names], "confluence"])
+                  ["image", "file", "cells", *[f"n_{c}" for c in class_names], "confluence",
+                   "diameter_px"])
         if skipped:
             write_csv(os.path.join(stage, "skipped.csv"), skipped, ["file", "reason"])
     return run["counts"], skipped
@@ -176,6 +188,9 @@ def _predict_image(segmenter, read_image, path, name, stage, save, metadata, to_
     counts = {"image": name, "file": printable(path), "cells": len(cells)}
     counts.update({f"n_{c}": int(np.sum(classes == k)) for k, c in enumerate(class_names)})
     counts["confluence"] = round(float(np.count_nonzero(label)) / label.size, 4)
+    # The cell diameter the image was segmented for: --diameter, its estimate, or the model's.
+    diameter = getattr(segmenter, "last_diameter", None)
+    counts["diameter_px"] = round(diameter, 2) if diameter else ""
     return {
         "images": [{"id": image_id, "file_name": printable(os.path.abspath(path)),
                     "output_name": name, "height": height, "width": width}],

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .cells import cells_from_instances
 from .config import SetupError, inference_scale
+from .diameter import AUTO_TOLERANCE, cells_diameter
 
 DUPLICATE_IOU = 0.5  # masks from two tiles overlapping more than this are one cell
 EDGE_MARGIN = 2  # px: a cell this close to a tile's inner edge counts as cut by it
@@ -31,10 +32,11 @@ def tile_starts(length: int, tile: int, overlap: int) -> list:
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
-def tile_geometry(cfg) -> tuple:
-    """(inference scale, tile side, overlap), the last two in input pixels."""
+def tile_geometry(cfg, scale: float = None) -> tuple:
+    """(scale, tile side, overlap), the last two in input pixels; ``scale`` defaults to the
+    inference scale."""
     t = cfg.TEST.TILE
-    scale = inference_scale(cfg)
+    scale = scale or inference_scale(cfg)
     size = t.SIZE or cfg.INPUT.MIN_SIZE_TEST
     overlap = t.OVERLAP if t.OVERLAP >= 0 else size // 4
     if not 0 <= overlap < size:
@@ -76,34 +78,82 @@ class CellSegmenter:
     """``segmenter(image)`` -> Cells (box-local, scoring above ``score_thresh``, may overlap;
     see cells.paint_labels) for an HxWx3 BGR image of any size. ``predictor`` is a
     predict.CellPredictor (or any callable image -> {"instances": ...} that resizes by
-    config.inference_scale)."""
+    config.inference_scale, and by ``scale=`` where given).
 
-    def __init__(self, predictor, cfg, score_thresh: float, progress: bool = False):
+    ``diameter``: the image's cells are that many px across, so it is segmented at
+    inference_scale x MODEL.CELL_DIAMETER / diameter (diameter.py); "auto": segmented at the
+    training scale first, then again at the matching scale where its cells' median diameter is
+    more than AUTO_TOLERANCE off the model's cells of the class found most. ``last_diameter``
+    is the diameter the last image was segmented for (the model's where none was given)."""
+
+    def __init__(self, predictor, cfg, score_thresh: float, progress: bool = False,
+                 diameter=None):
         self.predictor = predictor
+        self.cfg = cfg
         self.score_thresh = score_thresh
         self.progress = progress
         self.scale, self.tile, self.overlap = tile_geometry(cfg)
         self.max_short, self.max_long = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
+        self.model_diameter = float(cfg.MODEL.CELL_DIAMETER)
+        if diameter is not None:
+            if self.model_diameter <= 0:
+                raise SetupError("the model's config records no MODEL.CELL_DIAMETER (trained "
+                                 "before it was recorded): add MODEL.CELL_DIAMETER <px>, the "
+                                 "median diameter of its training cells")
+            if diameter != "auto" and not float(diameter) > 0:
+                raise SetupError(f"the cell diameter must be a positive number of px or "
+                                 f"'auto', got {diameter!r}")
+        self.diameter = diameter
+        self.last_diameter = self.model_diameter or None
 
-    def fits_one_tile(self, height: int, width: int) -> bool:
-        """At the inference scale the image is no larger than a training image."""
-        short, long = sorted((height * self.scale, width * self.scale))
+    def fits_one_tile(self, height: int, width: int, scale: float = None) -> bool:
+        """At the inference scale (or ``scale``) the image is no larger than a training image."""
+        short, long = sorted((height * (scale or self.scale), width * (scale or self.scale)))
         return short <= self.max_short + 0.5 and long <= self.max_long + 0.5
 
+    def scale_for(self, diameter) -> float:
+        return self.scale * self.model_diameter / float(diameter)
+
     def __call__(self, image: np.ndarray) -> list:
+        if self.diameter is None:
+            return self.segment(image)
+        if self.diameter != "auto":
+            self.last_diameter = float(self.diameter)
+            return self.segment(image, self.scale_for(self.diameter))
+        cells = self.segment(image)
+        found, cls = cells_diameter(cells)
+        # Measured against the diameter of the class found most (a model of small and large
+        # cell types finds each at its own size), else of all the training cells.
+        by_class = list(self.cfg.MODEL.CELL_DIAMETER_BY_CLASS)
+        expected = by_class[cls] if 0 <= cls < len(by_class) and by_class[cls] > 0 else \
+            self.model_diameter
+        self.last_diameter = self.model_diameter
+        if found > 0 and abs(found / expected - 1) > AUTO_TOLERANCE:
+            # the image's cells are found / expected times the model's: its diameter in the
+            # model's terms
+            self.last_diameter = round(self.model_diameter * found / expected, 2)
+            cells = self.segment(image, self.scale_for(self.last_diameter))
+        return cells
+
+    def segment(self, image: np.ndarray, scale: float = None) -> list:
+        """The image's cells with every tile resized by ``scale`` (default: the training
+        scale)."""
         height, width = image.shape[:2]
-        if self.fits_one_tile(height, width):
-            return cells_from_instances(self.predictor(image)["instances"].to("cpu"),
+        kwargs = {} if scale is None else {"scale": scale}
+        if self.fits_one_tile(height, width, scale):
+            return cells_from_instances(self.predictor(image, **kwargs)["instances"].to("cpu"),
                                         self.score_thresh)
-        tiles = [(x, y) for y in tile_starts(height, self.tile, self.overlap)
-                 for x in tile_starts(width, self.tile, self.overlap)]
+        _, side, overlap = (self.scale, self.tile, self.overlap) if scale is None else \
+            tile_geometry(self.cfg, scale)
+        tiles = [(x, y) for y in tile_starts(height, side, overlap)
+                 for x in tile_starts(width, side, overlap)]
         cells, depth = [], []
         for t, (x, y) in enumerate(tqdm(tiles, desc="tiles", unit="tile", leave=False,
                                         disable=not self.progress)):
-            tile = image[y:y + self.tile, x:x + self.tile]
+            tile = image[y:y + side, x:x + side]
             th, tw = tile.shape[:2]
             inner = (x > 0, y > 0, x + tw < width, y + th < height)  # left, top, right, bottom
-            instances = self.predictor(tile)["instances"].to("cpu")
+            instances = self.predictor(tile, **kwargs)["instances"].to("cpu")
             for c in cells_from_instances(instances, self.score_thresh, (x, y), t):
                 x0, y0, x1, y1 = c.bounds
                 gaps = [g for g, is_inner in zip((x0 - x, y0 - y, x + tw - x1, y + th - y1), inner)

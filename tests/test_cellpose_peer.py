@@ -116,7 +116,7 @@ def test_cellpose_trains_within_budget_predicts_and_is_scored(tiny_synthetic, tm
     """The peer's two commands as a user runs them: training from random weights within
     --minutes (the timing run, the epochs, the validation images' prediction and scoring all
     inside it), then predict on a folder holding a corrupt image."""
-    minutes = 3
+    minutes = 2
     out = tmp_path / "cp"
     proc = tool("peers/cellpose.py", "train", "--data", tiny_synthetic / "synthetic",
                 "--split", "4,2,0", "--minutes", minutes, "--output", out, "--quiet")

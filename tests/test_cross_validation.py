@@ -62,8 +62,8 @@ def test_pooled_folds_score_as_one_evaluation(tmp_path):
     assert report["recall_at_thresh"] == {"astro": pytest.approx(100.0),
                                           "cort": pytest.approx(100.0)}
     rows = {r["image"]: r for r in report["per_image"]}
-    assert rows["data/a.png"]["gt_cells"] == rows["data/a.png"]["found"] == 4
-    assert rows["data/b.png"]["type"] == "cort" and rows["data/b.png"]["found_cort"] == 4
+    assert rows["a.png"]["gt_cells"] == rows["a.png"]["found"] == 4
+    assert rows["b.png"]["type"] == "cort" and rows["b.png"]["found_cort"] == 4
 
     # Ranked perfectly but scored below the threshold: AP stays, recall at it is 0, and the
     # per-image counts show it.

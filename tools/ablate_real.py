@@ -222,6 +222,7 @@ def run_cv(args):
     for name in variants:
         what, opts, _, from_pretrained = TRAIN_VARIANTS[name]
         iters = variant_iters(name, args, s_it)
+        os.makedirs(os.path.join(out, name), exist_ok=True)
         fold_results, fold_images = [], []
         for f, root in enumerate(roots):
             folder = os.path.join(out, name, f"fold{f}")

@@ -2,7 +2,10 @@
 """Segment cells in PNG/TIF images (8 or 16 bit, any size) with a trained checkpoint.
 
 Images larger than the training images (whole wells, mosaics) are segmented at the model's
-native scale in overlapping tiles (TEST.TILE.*) and stitched: one instance per cell.
+native scale in overlapping tiles (TEST.TILE.*) and stitched: one instance per cell. Images
+taken at another magnification (cells D px across instead of the training cells'
+MODEL.CELL_DIAMETER): --diameter D rescales them to match, --diameter auto estimates D per
+image from a first pass; counts.csv gives the diameter each image was segmented for.
 
 Writes to --output, per image (choose with --save-*; default --save-png --save-tif):
   overlays/<name>.png   Detectron2 Visualizer drawing (outlines for images of several tiles)
@@ -11,7 +14,8 @@ Writes to --output, per image (choose with --save-*; default --save-png --save-t
   rois/<name>.zip       ImageJ / Fiji ROI set: one polygon per cell, named by its label id
   outlines/<name>.png   the image with cell outlines in class colours
 and for the run: coco_results.json (+ images.json), submission.csv (Kaggle format), cells.csv
-(one row per cell, cell_id = label id) and counts.csv (cells per class, confluence).
+(one row per cell, cell_id = label id) and counts.csv (cells per class, confluence,
+diameter).
 Inputs sharing a stem (x.png, x.tif) get distinct names (x_png, x_tif). An unreadable image is
 skipped with a warning and listed in skipped.csv, whatever the reason. The output folder must
 be new, empty, or hold an earlier run of this tool (replaced with --overwrite, exactly its own
@@ -40,6 +44,18 @@ from cellseg_d2.utils import printable
 TOOL = "tools/predict.py"
 
 
+def diameter_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"a cell diameter in px (> 0) or 'auto', not {text!r}")
+    return value
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config-file", required=True)
@@ -49,6 +65,10 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="replace an output folder that holds an earlier run")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--diameter", type=diameter_arg,
+                   help="the images' cells are this many px across (or 'auto': estimated from "
+                        "a first pass); each image is rescaled so that they match the model's "
+                        "MODEL.CELL_DIAMETER, masks returned at the image's resolution")
     p.add_argument("--score-thresh", type=float,
                    help="score above which a detection is a cell (default TEST.INSTANCE_SCORE_THRESH)")
     for key, what in (("png", "overlay PNGs"), ("tif", "label TIFFs"),
@@ -67,7 +87,8 @@ def main(argv=None):
         predictor = CellPredictor(cfg)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0]
         metadata = MetadataCatalog.get(name)
-        segmenter = CellSegmenter(predictor, cfg, cfg.TEST.INSTANCE_SCORE_THRESH, progress=True)
+        segmenter = CellSegmenter(predictor, cfg, cfg.TEST.INSTANCE_SCORE_THRESH, progress=True,
+                                  diameter=args.diameter)
         # DefaultPredictor takes BGR and converts to INPUT.FORMAT itself
         counts, skipped = predict_files(segmenter, files, read_image, args.output, metadata,
                                         save=args.save or DEFAULT_SAVE, overwrite=args.overwrite,

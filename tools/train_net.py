@@ -23,6 +23,7 @@ from cellseg_d2.checkpoint import FittingCheckpointer, check_weights, load_weigh
 from cellseg_d2.config import SetupError, apply_epochs, load_cfg
 from cellseg_d2.data.coco_checks import COCOFormatError
 from cellseg_d2.data.datasets import DatasetMissingError
+from cellseg_d2.diameter import training_cell_diameters
 from cellseg_d2.engine import Trainer
 from cellseg_d2.utils import keep_freed_memory, write_json
 
@@ -35,6 +36,13 @@ def setup(args):
     cfg = load_cfg(args.config_file, args.opts)
     check_weights(cfg.MODEL.WEIGHTS)
     per_epoch = apply_epochs(cfg)
+    if not args.eval_only and cfg.DATASETS.TRAIN:
+        # A property of the training cells, recorded in OUTPUT_DIR/config.yaml with the model
+        # (predict --diameter scales by it).
+        classes = (cfg.MODEL.YOLACT.NUM_CLASSES if cfg.MODEL.META_ARCHITECTURE == "Yolact"
+                   else cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        cfg.MODEL.CELL_DIAMETER, cfg.MODEL.CELL_DIAMETER_BY_CLASS = \
+            training_cell_diameters(cfg.DATASETS.TRAIN, classes)
     cfg.freeze()
     default_setup(cfg, args)
     if per_epoch:

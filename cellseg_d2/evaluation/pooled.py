@@ -3,6 +3,7 @@ images, pooled and scored against the ground truth of all the images (each image
 once), with each class's recall at the prediction threshold and per-image counts."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 from .files import ScoringError, agnostic, coco_metrics, kaggle_metric
@@ -62,7 +63,8 @@ def per_image_counts(gt, results: list, thresh: float, names: list) -> list:
     for img in gt.loadImgs(sorted(gt.getImgIds())):
         anns = gt.loadAnns(gt.getAnnIds(imgIds=[img["id"]]))
         types = sorted({cat_name[a["category_id"]] for a in anns})
-        row = {"image": img.get("file_name", img["id"]), "type": "+".join(types),
+        row = {"image": os.path.basename(img.get("file_name", str(img["id"]))),
+               "type": "+".join(types),
                "gt_cells": len(anns)}
         row.update({f"found_{n}": found[(img["id"], c)] for c, n in cat_name.items()})
         row["found"] = sum(row[f"found_{n}"] for n in names)

@@ -44,10 +44,13 @@ SUMMARY = "cellpose_train.json"
 SETTINGS = {"SGD": True, "learning_rate": 0.2, "weight_decay": 1e-5, "batch_size": 8,
             "min_train_masks": 5, "bsize": 224}
 DIAM_MEAN = 30.0  # --diam_mean: the diameter every training image's cells are rescaled to
-CALIBRATION_EPOCHS = 3
-# Seconds kept for predicting and scoring the validation images: per image (Cellpose's flow
-# dynamics run on the CPU: ~10 s per 704x520 image on 2 cores) plus start-up and scoring.
-PREDICT_RESERVE_S = (45.0, 15.0)
+# The timing run: one epoch to warm up (the first ran 1.6x the later ones: 26.9 against 16.7
+# s/epoch on 2 cores, which left 23 of 60 minutes unused), then CALIBRATION_EPOCHS timed.
+CALIBRATION_EPOCHS = 2
+# Seconds kept for predicting and scoring the validation images: start-up and scoring, and per
+# megapixel (Cellpose's network and flow dynamics on the CPU: 3.5 s per 704x520 image on 2
+# cores, measured; kept at ~3x that).
+PREDICT_RESERVE_S = (45.0, 30.0)
 
 
 class PeerError(RuntimeError):
@@ -164,10 +167,10 @@ def train(coco: dict, output: str, minutes: float, seed: int, epochs: int | None
           progress: bool = True, synthetic_per_type: int = 0) -> dict:
     """Train on ``coco["train"]`` (read_data's, file names relative to output/data) into
     ``output`` (a folder the caller allowed), writing ``coco`` to output/data; returns the
-    run's summary. Without ``epochs``, as many epochs as the budget holds (after a timing run
-    of CALIBRATION_EPOCHS); with it, exactly that many. ``synthetic_per_type`` synthetic
-    images of each type join the training images (one training set: Cellpose has no
-    pretraining stage)."""
+    run's summary. Without ``epochs``, as many epochs as the budget holds (after a warm-up
+    epoch and a timing run of CALIBRATION_EPOCHS); with it, exactly that many.
+    ``synthetic_per_type`` synthetic images of each type join the training images (one
+    training set: Cellpose has no pretraining stage)."""
     import torch
     from cellpose import dynamics
 
@@ -186,11 +189,12 @@ def train(coco: dict, output: str, minutes: float, seed: int, epochs: int | None
     s_epoch = None
     if epochs is None:
         with tempfile.TemporaryDirectory(dir=output) as tmp:
+            train_epochs(images, flows, 1, tmp, seed)
             t0 = time.time()
             train_epochs(images, flows, CALIBRATION_EPOCHS, tmp, seed)
             s_epoch = (time.time() - t0) / CALIBRATION_EPOCHS
-        n_val = len(coco["val"]["images"])
-        reserve = PREDICT_RESERVE_S[0] + PREDICT_RESERVE_S[1] * n_val
+        megapixels = sum(im["height"] * im["width"] for im in coco["val"]["images"]) / 1e6
+        reserve = PREDICT_RESERVE_S[0] + PREDICT_RESERVE_S[1] * megapixels
         epochs = plan_epochs(budget, time.time() - start, s_epoch, reserve)
         print(f"[cellpose] {s_epoch:.1f} s per epoch ({batches} batches of "
               f"{SETTINGS['batch_size']} crops): {epochs} epochs fit in the budget", flush=True)
