@@ -37,6 +37,12 @@ def output_names(files: list) -> list:
     return out
 
 
+def skip_reason(path, error: Exception) -> str:
+    """The one line that says why an image was skipped (skipped.csv, the warning)."""
+    return str(error) if isinstance(error, ImageReadError) else \
+        f"{printable(path)}: {type(error).__name__}: {error}"
+
+
 def list_images(spec: str) -> list:
     """A file, a folder (its images, sorted), a glob pattern, or a .txt list of image paths."""
     if spec.endswith(".txt") and os.path.isfile(spec):
@@ -132,8 +138,7 @@ def predict_files(segmenter, files, read_image, output_dir, metadata, save=DEFAU
                 for f in written:
                     with contextlib.suppress(OSError):
                         os.remove(f)
-                reason = str(e) if isinstance(e, ImageReadError) else \
-                    f"{printable(path)}: {type(e).__name__}: {e}"
+                reason = skip_reason(path, e)
                 bar.write(f"warning: skipped {reason}", file=sys.stderr)
                 skipped.append({"file": printable(path), "reason": reason})
                 continue

@@ -29,11 +29,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.coco_input import read_coco_export
-from ..data.image_io import ImageReadError, read_image
+from ..data.image_io import read_image
 from ..data.sartorius import read_sartorius, write_splits
 from ..evaluation.files import rle_mask
 from ..outputs import write_csv, write_label_tiff
-from ..predict import InputError, output_names
+from ..predict import InputError, output_names, skip_reason
 from ..utils import printable
 
 TRAIN_TOOL = "tools/peers/cellpose.py train"
@@ -262,8 +262,7 @@ def predict_folder(model, files: list, stage: str, diameter: float | None = None
             seconds = time.time() - t0
             write_label_tiff(os.path.join(stage, f"{name}.tif"), label)
         except Exception as e:  # one image's failure is not the run's
-            reason = str(e) if isinstance(e, ImageReadError) else \
-                f"{printable(path)}: {type(e).__name__}: {e}"
+            reason = skip_reason(path, e)
             bar.write(f"warning: skipped {reason}", file=sys.stderr)
             skipped.append({"file": printable(path), "reason": reason})
             continue
