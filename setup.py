@@ -11,5 +11,9 @@ setup(
     install_requires=["numpy<2", "opencv-python-headless", "pycocotools", "tqdm"],
     # Cellpose 3.x, the peer model of tools/peers/cellpose.py (its CPnet trains from random
     # weights); 4.x replaced it with a pretrained transformer.
-    extras_require={"cellpose": ["cellpose>=3.1,<4"]},
+    extras_require={"cellpose": ["cellpose>=3.1,<4"], "napari": ["napari[pyqt5]>=0.5"]},
+    # The napari plugin: the Segment cells widget and the label TIFF + ROI zip writer.
+    entry_points={"napari.manifest": ["cellseg-d2 = cellseg_d2.napari_plugin:napari.yaml"]},
+    package_data={"cellseg_d2.napari_plugin": ["napari.yaml"]},
+    include_package_data=True,
 )

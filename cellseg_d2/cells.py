@@ -172,11 +172,12 @@ def cell_row(cell: Cell) -> dict:
             "bbox_x0": x0, "bbox_y0": y0, "bbox_x1": x1, "bbox_y1": y1}
 
 
-def cells_from_label(label: np.ndarray) -> list:
-    """Cells of a label image (0 background), in id order; score 1, class 0."""
+def cells_from_label(label: np.ndarray, with_ids: bool = False):
+    """Cells of a label image (0 background), in id order; score 1, class 0. ``with_ids``:
+    (cells, their ids) -- a corrected label image may skip ids."""
     from scipy.ndimage import find_objects
 
-    cells = []
+    cells, ids = [], []
     for k, region in enumerate(find_objects(label), start=1):
         if region is None:
             continue
@@ -184,4 +185,5 @@ def cells_from_label(label: np.ndarray) -> list:
         mask = label[region] == k
         cells.append(Cell(xs.start, ys.start, mask, 1.0, 0,
                           np.array([xs.start, ys.start, xs.stop, ys.stop], np.float64)))
-    return cells
+        ids.append(k)
+    return (cells, ids) if with_ids else cells

@@ -36,14 +36,16 @@ def write_label_tiff(path: str, label: np.ndarray) -> None:
                          compression="zlib", photometric="minisblack")
 
 
-def write_rois(path: str, cells: list) -> None:
+def write_rois(path: str, cells: list, ids: list = None) -> None:
     """ImageJ / Fiji ROI zip: one sub-pixel polygon ROI per cell (its outer outline), named by
-    its id in the label image (1-based, zero-padded so the ROI Manager lists them in order)."""
+    its id in the label image (``ids``; default 1..n in order), zero-padded so the ROI Manager
+    lists them in order."""
     import roifile
 
-    width = len(str(len(cells)))
+    ids = list(range(1, len(cells) + 1)) if ids is None else [int(i) for i in ids]
+    width = len(str(max(ids, default=0)))
     with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
-        for i, cell in enumerate(cells, start=1):
+        for i, cell in zip(ids, cells):
             name = str(i).zfill(width)
             roi = roifile.ImagejRoi.frompoints(polygons(cell)[0], name=name)
             z.writestr(f"{name}.roi", roi.tobytes())

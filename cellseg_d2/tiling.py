@@ -105,6 +105,7 @@ class CellSegmenter:
                                  f"'auto', got {diameter!r}")
         self.diameter = diameter
         self.last_diameter = self.model_diameter or None
+        self.on_progress = None  # callable(tiles done, tiles of the pass) after each tile
 
     def fits_one_tile(self, height: int, width: int, scale: float = None) -> bool:
         """At the inference scale (or ``scale``) the image is no larger than a training image."""
@@ -141,8 +142,10 @@ class CellSegmenter:
         height, width = image.shape[:2]
         kwargs = {} if scale is None else {"scale": scale}
         if self.fits_one_tile(height, width, scale):
-            return cells_from_instances(self.predictor(image, **kwargs)["instances"].to("cpu"),
-                                        self.score_thresh)
+            cells = cells_from_instances(self.predictor(image, **kwargs)["instances"].to("cpu"),
+                                         self.score_thresh)
+            self._report(1, 1)
+            return cells
         _, side, overlap = (self.scale, self.tile, self.overlap) if scale is None else \
             tile_geometry(self.cfg, scale)
         tiles = [(x, y) for y in tile_starts(height, side, overlap)
@@ -162,4 +165,9 @@ class CellSegmenter:
                 if d >= EDGE_MARGIN:
                     cells.append(c)
                     depth.append(d)
+            self._report(t + 1, len(tiles))
         return remove_duplicates(cells, depth)
+
+    def _report(self, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(done, total)

@@ -286,3 +286,36 @@ def test_train_real_refuses_extra_data_without_pretraining(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: --extra joins the synthetic pretraining, which --pretrain-share 0 turns off"]
     assert not (tmp_path / "real").exists()
+
+
+def test_synthetic_only_starting_model(tiny_synthetic, tmp_path):
+    """--synthetic-only (make synthetic-model): a model folder from synthetic images alone, for
+    a user with no annotations; evaluated on every --data image where --data is there."""
+    out = tmp_path / "start"
+    tool("train_real.py", "--synthetic-only", "--data", tmp_path / "absent", "--output", out,
+         "--minutes", 0.4, "--synthetic-per-type", 1, *TINY)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert (out / "model_final.pth").is_file() and cfg["MODEL"]["CELL_DIAMETER"] > 0
+    assert cfg["DATASETS"]["TRAIN"] == ["synthetic_train"] and not (out / "inference").exists()
+    assert json.loads((out / "train_real.json").read_text())["finetune_iters"] == 0
+    evaluated = tmp_path / "start_evaluated"
+    proc = tool("train_real.py", "--synthetic-only", "--data", tiny_synthetic / "synthetic",
+                "--output", evaluated, "--minutes", 0.5, "--synthetic-per-type", 1, *TINY)
+    val = json.loads((evaluated / "data" / "real" / "annotations" / "val.json").read_text())
+    assert len(val["images"]) == 6  # every image of --data
+    assert (evaluated / "evaluation" / "inference" / "real_val" / "per_class_segm.csv").is_file()
+    assert "synthetic images only" in proc.stdout
+    summary = json.loads((evaluated / "train_real.json").read_text())
+    assert set(summary["segm_per_class"]) == {"shsy5y", "astro", "cort"}
+    # training within the budget (a few seconds of start-up and checkpointing are not
+    # calibrated at this scale), the evaluation after it
+    assert summary["wall_s"] <= 0.5 * 60 + 3
+
+
+def test_train_real_without_the_default_data_says_what_to_pass(tmp_path, monkeypatch, capsys):
+    train_real = _train_real_module()
+    monkeypatch.setattr(train_real, "DEFAULT_DATA", str(tmp_path / "sartorius_recon"))
+    assert train_real.main(["--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--data FOLDER" in err and "--synthetic-only" in err
+    assert not (tmp_path / "out").exists()

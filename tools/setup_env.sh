@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv
+# The napari plugin is found through the package's entry point (setup.py), made by `pip install -e .`
+PLUGIN_REGISTERED="import importlib.metadata as m; assert any(e.name == 'cellseg-d2' for e in m.entry_points(group='napari.manifest'))"
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import detectron2, cellseg_d2" 2>/dev/null; then
     # An existing .venv gets what requirements.txt added since it was made.
     if ! "$VENV/bin/python" -c "import tifffile, imagecodecs, roifile, skimage, faster_coco_eval" 2>/dev/null; then
@@ -14,6 +16,13 @@ if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import detectron2, cellse
     if ! "$VENV/bin/python" -c "import cellpose" 2>/dev/null; then
         echo "[setup] installing the Cellpose peer into $VENV"
         "$VENV/bin/python" -m pip install -q -c requirements.txt -r requirements-cellpose.txt
+    fi
+    if ! "$VENV/bin/python" -c "import napari" 2>/dev/null; then
+        echo "[setup] installing napari (the plugin's extra) into $VENV"
+        "$VENV/bin/python" -m pip install -q -c requirements.txt -r requirements-napari.txt
+    fi
+    if ! "$VENV/bin/python" -c "$PLUGIN_REGISTERED" 2>/dev/null; then
+        "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
     fi
     exit 0
 fi
@@ -45,5 +54,7 @@ rm -rf "$VENV"
 "$VENV/bin/python" -m pip install -q -r requirements.txt
 # The peer model (optional extra), constrained to the pinned torch / numpy.
 "$VENV/bin/python" -m pip install -q -c requirements.txt -r requirements-cellpose.txt
+# The napari plugin's extra (napari + PyQt5), constrained the same way.
+"$VENV/bin/python" -m pip install -q -c requirements.txt -r requirements-napari.txt
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c "import detectron2, torch, cellseg_d2; print('[setup] detectron2', detectron2.__version__, 'torch', torch.__version__)"

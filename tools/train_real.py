@@ -4,10 +4,12 @@
     tools/train_real.py [--data ../shared/data/sartorius_recon] [--minutes 60]
                         [--output output/real_cpu] [--overwrite] [--arch yolact|maskrcnn]
 
-1. reads and checks --data (the Kaggle layout: train.csv + train/*.png; or a COCO instances
-   JSON with categories named shsy5y / astro / cort and image paths relative to it; duplicate
-   ids, an image listed twice, unknown images or categories are one error, images without
-   annotations are left out, counted) before anything is written, then converts it into
+1. reads and checks --data (the Kaggle layout: train.csv + train/*.png; a training folder of
+   images/ + labels/ + cell_types.csv, as the napari plugin's "Save as training data" writes
+   it; or a COCO instances JSON with categories named shsy5y / astro / cort and image paths
+   relative to it; duplicate ids, an image listed twice, unknown images or categories are one
+   error, images without annotations are left out, counted) before anything is written, then
+   converts it into
    OUTPUT/data/real with a seeded split stratified by cell type (--split; by default 26,8,0,
    which on sartorius_recon is exactly sartorius_recon_{train,val});
 2. generates fresh synthetic images of the three cell types (the project's generator);
@@ -19,6 +21,10 @@
    on the real training images; each stage has a wall-time limit (SOLVER.MAX_SECONDS), so
    the budget holds;
 4. evaluates on the real validation images and prints the per-class table.
+
+--synthetic-only makes a starting model for a user who has no annotations yet (`make
+synthetic-model`): step 3's pretraining alone, for the whole budget, written to OUTPUT
+(default output/synthetic_start), and evaluated on every image of --data where it exists.
 
 OUTPUT must be new, empty, or hold an earlier run of this tool (replaced with --overwrite,
 exactly its own files; `make train-real` passes it).
@@ -36,6 +42,8 @@ import subprocess
 import sys
 import time
 
+from detectron2.evaluation.testing import flatten_results_dict
+
 from cellseg_d2.data.coco_input import read_coco_export
 from cellseg_d2.data.label_images import read_label_images, write_label_images
 from cellseg_d2.data.sartorius import (
@@ -45,6 +53,7 @@ from cellseg_d2.data.sartorius import (
     write_splits,
 )
 from cellseg_d2.data.synthetic import generate_dataset
+from cellseg_d2.data.training_folder import is_training_folder, read_training_folder
 from cellseg_d2.engine import native_bfloat16
 from cellseg_d2.run_folder import OutputFolderError, check_output_dir, run_in_place
 from cellseg_d2.utils import write_json
@@ -52,6 +61,7 @@ from cellseg_d2.utils import write_json
 TOOL = "tools/train_real.py"
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(TOOLS, "..", "configs")
+DEFAULT_DATA = os.path.join(TOOLS, "..", "..", "shared", "data", "sartorius_recon")
 # Each architecture's recipe config and the seconds kept for its final evaluation on ~8 images
 # with up to 1000 detections, with its test-time augmentation, and start-up: YOLACT's 4 views
 # took ~1 min on 2 cores (76 s on one core with its shsy5y image run again at 2x, 23 s of it; a
@@ -121,17 +131,22 @@ def read_data(data, data_root, split, seed, keep_empty=False, extra=None) -> dic
     if data.lower().endswith(".json"):
         real, empty = read_coco_export(data, real_dir, split=split, seed=seed,
                                        keep_empty=keep_empty)
+    elif is_training_folder(data):
+        real, empty = read_training_folder(data, real_dir, split=split, seed=seed), 0
     else:
         real, empty = read_sartorius(data, real_dir, split=split, seed=seed, progress=False), 0
-    if extra:
-        extra = read_label_images(*extra)
-    return {"real": real, "empty": empty, "extra": extra}
+    return {"real": real, "empty": empty, "extra": read_data_extra(extra)}
+
+
+def read_data_extra(extra):
+    return read_label_images(*extra) if extra else None
 
 
 def write_data(inputs: dict, data_root, seed, synthetic_per_type) -> None:
     """read_data's conversions -> data_root/real (real_train, real_val, ...) and data_root/extra
     (extra_train); freshly generated images -> data_root/synthetic (synthetic_train)."""
-    write_splits(os.path.join(data_root, "real"), inputs["real"])
+    if inputs["real"]:
+        write_splits(os.path.join(data_root, "real"), inputs["real"])
     synthetic = os.path.join(data_root, "synthetic")
     generate_dataset(synthetic, images_per_type=synthetic_per_type, seed=1000 + seed,
                      progress=False)
@@ -175,9 +190,10 @@ def choose_precision(choice: str, native: bool, time_both) -> tuple:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", default=os.path.join(TOOLS, "..", "..", "shared", "data",
-                                                  "sartorius_recon"),
-                   help="Kaggle-layout folder (train.csv, train/) or COCO instances JSON")
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help="Kaggle-layout folder (train.csv, train/), a training folder (images/, "
+                        "labels/, cell_types.csv: the napari plugin's 'Save as training data') "
+                        "or COCO instances JSON")
     p.add_argument("--output", help="default output/real_cpu (output/real_<arch>_cpu)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run of this tool in --output (exactly its files)")
@@ -207,6 +223,11 @@ def main(argv=None):
     p.add_argument("--eval-reserve", type=float,
                    help="seconds kept for the final evaluation (default: 180 for yolact, 300 "
                         "for maskrcnn, more on machines slower than 3 s/it)")
+    p.add_argument("--synthetic-only", action="store_true",
+                   help="a starting model for a user with no annotations yet: the synthetic "
+                        "pretraining alone for the whole budget (default output "
+                        "output/synthetic_start), evaluated on all of --data's images where "
+                        "--data is there (after the budget)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both stages")
     args = p.parse_args(argv)
@@ -216,7 +237,8 @@ def main(argv=None):
     def elapsed():
         return time.time() - start
 
-    out = args.output or ("output/real_cpu" if args.arch == "yolact" else
+    out = args.output or ("output/synthetic_start" if args.synthetic_only else
+                          "output/real_cpu" if args.arch == "yolact" else
                           f"output/real_{args.arch}_cpu")
     config_name, eval_reserve = ARCHS[args.arch]
     config = os.path.join(CONFIGS, config_name)
@@ -225,10 +247,26 @@ def main(argv=None):
         print("error: --extra joins the synthetic pretraining, which --pretrain-share 0 turns off",
               file=sys.stderr)
         return 1
+    if not os.path.exists(args.data) and not args.synthetic_only:
+        default = os.path.abspath(args.data) == os.path.abspath(DEFAULT_DATA)
+        print(f"error: {args.data}: not found" + (
+            " (the default training data, which only this project's machines hold): pass "
+            "--data FOLDER (Kaggle layout, a training folder saved from the napari plugin, or "
+            "a COCO JSON; make train-real DATA=FOLDER), or make a starting model from "
+            "synthetic images alone with --synthetic-only (make synthetic-model)"
+            if default else ""), file=sys.stderr)
+        return 1
+    extra = (args.extra, args.extra_type, args.extra_scale) if args.extra else None
+    if args.synthetic_only and not os.path.exists(args.data):
+        print(f"note: {args.data} not found: the model will not be evaluated on real images")
     try:  # everything the run reads is checked before anything is written
-        inputs = read_data(args.data, data_root, [float(v) for v in args.split.split(",")],
-                           args.seed, args.keep_empty,
-                           (args.extra, args.extra_type, args.extra_scale) if args.extra else None)
+        if args.synthetic_only:  # --data, if there, is validation only: all of its images
+            inputs = (read_data(args.data, data_root, [0, 1, 0], args.seed, args.keep_empty,
+                                extra) if os.path.exists(args.data) else
+                      {"real": None, "empty": 0, "extra": read_data_extra(extra)})
+        else:
+            inputs = read_data(args.data, data_root, [float(v) for v in args.split.split(",")],
+                               args.seed, args.keep_empty, extra)
         check_output_dir(out, TOOL, args.overwrite)
     except (ConversionError, OutputFolderError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -269,21 +307,26 @@ def train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed):
         startups.append(max(0.0, elapsed() - begun - CALIBRATION_ITERS * s_it))
         return s_it
 
+    stages = (("synthetic", pretrain_sets),) if args.synthetic_only else \
+        (("synthetic", pretrain_sets), ("real", "('real_train',)"))
+    timed_stage, timed_sets = stages[-1]  # the precision is chosen on the last stage's data
     amp, why, timed = choose_precision(args.precision, native_bfloat16(), lambda: {
-        a: timed_calibration("real", "('real_train',)", a, f"calibration_real_amp_{a}")
+        a: timed_calibration(timed_stage, timed_sets, a, f"calibration_{timed_stage}_amp_{a}")
         for a in (False, True)})
     print(f"[{elapsed():5.0f} s] {why}: training in {PRECISION_NAMES[amp]}")
-    s_it = {"real": timed[amp]} if timed else {}
-    stages = (("synthetic", pretrain_sets), ("real", "('real_train',)"))
+    s_it = {timed_stage: timed[amp]} if timed else {}
     s_it.update({stage: timed_calibration(stage, dataset, amp, f"calibration_{stage}")
                  for stage, dataset in stages if stage not in s_it})
     startup = statistics.median(startups)  # a stage's start-up: loading, building, first data
-    float32_s_it = timed[False] if timed else s_it["real"]
+    float32_s_it = timed[False] if timed else s_it[timed_stage]
     if args.eval_reserve is not None:
         eval_reserve = args.eval_reserve
     else:
         eval_reserve *= max(1.0, float32_s_it / RESERVE_S_PER_IT)
     common = stage_opts(amp)
+    if args.synthetic_only:
+        return train_synthetic_only(args, inputs, out, config, data_root, eval_reserve, budget,
+                                    elapsed, s_it, startup, pretrain_sets, common, amp, why)
     left = budget - elapsed() - eval_reserve - 2 * startup
     pre = (max(1, int(left * args.pretrain_share / (s_it["synthetic"] * 1.02)))
            if args.pretrain_share > 0 else 0)
@@ -326,6 +369,52 @@ def train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed):
     return 0
 
 
+def train_synthetic_only(args, inputs, out, config, data_root, eval_reserve, budget, elapsed,
+                         s_it, startup, pretrain_sets, common, amp, why):
+    """--synthetic-only: the pretraining stage for the whole budget, written to OUTPUT itself
+    (a model folder like any other); then, past the budget, evaluated on every image of --data
+    where --data is there (the model's measured worth on real cells, not part of making it)."""
+    evaluate = inputs["real"] is not None
+    left = budget - elapsed() - startup
+    pre = max(1, int(left / (s_it["synthetic"] * 1.02)))
+    print(f"[{elapsed():5.0f} s] {s_it['synthetic']:.2f} s/it on synthetic images on this "
+          f"machine: {pre} iterations" + (f", then evaluated on the {args.data} images (after "
+                                           f"the budget)" if evaluate else ""))
+    limit_s = max(1, round(budget - elapsed() - startup))
+    train_net(config, ["DATASETS.TRAIN", pretrain_sets, "MODEL.WEIGHTS", "", *schedule(pre),
+                       "DATASETS.TEST", "()", "OUTPUT_DIR", out, "SOLVER.MAX_SECONDS", limit_s,
+                       *common], data_root, os.path.join(out, "train.log"))
+    stopped = time_limit_iter(os.path.join(out, "metrics.json"))
+    stopped = {} if stopped is None else {"training": stopped}
+    trained_s = elapsed()
+    if not evaluate:
+        print(f"wall time {trained_s / 60:.1f} min ({pre} iterations at "
+              f"{s_it['synthetic']:.2f} s/it, {PRECISION_NAMES[amp]}); no --data to evaluate on; "
+              f"model: {out}/model_final.pth, config: {out}/config.yaml")
+        write_json(os.path.join(out, "train_real.json"), summary(
+            args, trained_s, s_it, amp, why, pre, 0, stopped))
+        return 0
+    # Detectron2's evaluation of the saved model, as `tools/train_net.py --eval-only` runs it;
+    # its metrics are appended to metrics.json like a final evaluation's.
+    evaluation = os.path.join(out, "evaluation")
+    train_net(os.path.join(out, "config.yaml"),
+              ["--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+               "DATASETS.TEST", "('real_val',)", "OUTPUT_DIR", evaluation], data_root,
+              os.path.join(out, "evaluation.log"))
+    print(f"[{elapsed():5.0f} s] trained in {trained_s / 60:.1f} min, evaluated in "
+          f"{(elapsed() - trained_s) / 60:.1f} min more")
+    report(out, trained_s, s_it, pre, 0, args, amp, why, stopped, evaluation)
+    return 0
+
+
+def summary(args, wall, s_it, amp, why, pre, fine, stopped) -> dict:
+    return {"data": os.path.abspath(args.data), "arch": args.arch,
+            "synthetic_only": args.synthetic_only, "minutes_budget": args.minutes,
+            "wall_s": round(wall, 1), "s_per_it": {k: round(v, 3) for k, v in s_it.items()},
+            "precision": PRECISION_NAMES[amp], "precision_why": why, "pretrain_iters": pre,
+            "finetune_iters": fine, "time_limit_iter": stopped, "seed": args.seed}
+
+
 def time_limit_iter(metrics_file: str):
     """The iteration where SOLVER.MAX_SECONDS stopped a run (None if it did not)."""
     with open(metrics_file) as f:
@@ -333,30 +422,39 @@ def time_limit_iter(metrics_file: str):
     return next((int(r["time_limit_iter"]) for r in rows if "time_limit_iter" in r), None)
 
 
-def report(out, wall, s_it, pre, fine, args, amp, why, stopped):
-    with open(os.path.join(out, "inference", "real_val", "per_class_segm.json")) as f:
+def final_metrics(folder: str) -> dict:
+    """The last evaluation's flat metrics ("segm/AP", "kaggle/score", ...) in a training's
+    metrics.json, or an --eval-only run's inference/results.json."""
+    results = os.path.join(folder, "inference", "results.json")
+    if os.path.isfile(results):
+        with open(results) as f:
+            return flatten_results_dict(json.load(f))
+    with open(os.path.join(folder, "metrics.json")) as f:
+        return [json.loads(line) for line in f if "segm/AP" in line][-1]
+
+
+def report(out, wall, s_it, pre, fine, args, amp, why, stopped, evaluation=None):
+    """Print and write (train_real.json) the run's per-class table, from its final evaluation
+    (in ``out``, or the --eval-only run in ``evaluation``)."""
+    evaluation = evaluation or out
+    with open(os.path.join(evaluation, "inference", "real_val", "per_class_segm.json")) as f:
         table = json.load(f)
-    with open(os.path.join(out, "metrics.json")) as f:
-        final = [json.loads(line) for line in f if "segm/AP" in line][-1]
+    final = final_metrics(evaluation)
     print(f"\nreal_val (mask AP at up to 1000 detections, %): segm AP {final['segm/AP']:.1f}, "
           f"bbox AP {final['bbox/AP']:.1f}, Kaggle {final['kaggle/score']:.1f}")
     print(f"{'class':8s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s} {'Kaggle':>7s}")
     for name, v in table.items():
         kaggle = final.get(f"kaggle/score-{name}", float("nan"))
         print(f"{name:8s} {v['AP']:6.1f} {v['AP50']:6.1f} {v['AP75']:6.1f} {kaggle:7.1f}")
-    print(f"wall time {wall / 60:.1f} min ({pre} iterations at {s_it['synthetic']:.2f} s/it + "
-          f"{fine} at {s_it['real']:.2f} s/it, as calibrated, "
-          f"{PRECISION_NAMES[amp]}); "
+    stages = f"{pre} iterations at {s_it['synthetic']:.2f} s/it" + (
+        f" + {fine} at {s_it['real']:.2f} s/it" if fine else " on synthetic images only")
+    print(f"wall time {wall / 60:.1f} min ({stages}, as calibrated, {PRECISION_NAMES[amp]}); "
           f"model: {out}/model_final.pth, config: {out}/config.yaml")
     for stage, it in stopped.items():
         print(f"note: the {stage} reached its time limit at iteration {it}: the rest was skipped")
-    write_json(os.path.join(out, "train_real.json"), {
-        "data": os.path.abspath(args.data), "arch": args.arch, "minutes_budget": args.minutes,
-        "wall_s": round(wall, 1), "s_per_it": {k: round(v, 3) for k, v in s_it.items()},
-        "precision": PRECISION_NAMES[amp], "precision_why": why, "pretrain_iters": pre,
-        "finetune_iters": fine, "time_limit_iter": stopped, "seed": args.seed,
-        "segm_per_class": table,
-        "metrics": {k: v for k, v in final.items() if "/" in k}})
+    write_json(os.path.join(out, "train_real.json"), dict(
+        summary(args, wall, s_it, amp, why, pre, fine, stopped), segm_per_class=table,
+        metrics={k: v for k, v in final.items() if "/" in k}))
 
 
 if __name__ == "__main__":

@@ -121,7 +121,15 @@ def read_unchanged(path: str) -> np.ndarray:
 
 def read_image(path: str, format: str = "BGR") -> np.ndarray:
     """Read ``path`` as an HxWx3 uint8 array in ``format`` ("BGR" or "RGB")."""
-    image = read_unchanged(path)
+    return as_uint8_color(read_unchanged(path), format)
+
+
+def as_uint8_color(image: np.ndarray, format: str = "BGR", order: str = "BGR") -> np.ndarray:
+    """An (H, W) or (H, W, 3|4) array of any dtype, colour in ``order`` (read_unchanged's is
+    BGR; napari's layers hold RGB), as read_image returns it: HxWx3 uint8 in ``format``."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] in (3, 4) and order == "RGB":
+        image = image[:, :, [2, 1, 0, 3][:image.shape[2]]]
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]  # alpha is not part of the picture, nor of its percentiles
     image = to_uint8(image)
