@@ -48,7 +48,9 @@ def write_rois(path: str, cells: list, ids: list = None) -> None:
         for i, cell in zip(ids, cells):
             name = str(i).zfill(width)
             roi = roifile.ImagejRoi.frompoints(polygons(cell)[0], name=name)
-            z.writestr(f"{name}.roi", roi.tobytes())
+            # a fixed entry time: the same cells give the same file
+            info = zipfile.ZipInfo(f"{name}.roi", date_time=(1980, 1, 1, 0, 0, 0))
+            z.writestr(info, roi.tobytes(), compress_type=zipfile.ZIP_DEFLATED)
 
 
 def class_colors(metadata, n: int) -> np.ndarray:
@@ -73,14 +75,18 @@ def outlines(image_bgr: np.ndarray, label: np.ndarray, classes: np.ndarray,
 
 
 def overlay(image_bgr: np.ndarray, cells: list, metadata) -> np.ndarray:
-    """Detectron2's Visualizer drawing of the cells (outlines as polygons, class and score)."""
+    """Detectron2's Visualizer drawing of the cells (outlines as polygons, class and score), each
+    in its class colour (the Visualizer's own would be random: the same cells drawn twice
+    would differ)."""
     vis = Visualizer(image_bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
     if cells:
         names = metadata.get("thing_classes", None)
         labels = [f"{names[c.cls] if names else c.cls} {c.score * 100:.0f}%" for c in cells]
         masks = [[p.ravel() for p in polygons(c) if len(p) >= 3] for c in cells]
+        palette = class_colors(metadata, max(c.cls for c in cells) + 1)[:, ::-1] / 255.0
         vis.overlay_instances(masks=masks, boxes=np.array([c.box for c in cells]),
-                              labels=labels, alpha=0.5)
+                              labels=labels, alpha=0.5,
+                              assigned_colors=[tuple(palette[c.cls]) for c in cells])
     return vis.output.get_image()[:, :, ::-1]
 
 

@@ -104,7 +104,8 @@ DEFAULT_SAVE = ("png", "tif")
 
 
 def predict_files(segmenter, files, read_image, output_dir, metadata, save=DEFAULT_SAVE,
-                  overwrite: bool = False, progress=True, tool: str = "tools/predict.py"):
+                  overwrite: bool = False, progress=True, tool: str = "tools/predict.py",
+                  cluster=None):
     """Segment ``files`` with ``segmenter`` (tiling.CellSegmenter: cells above its score
     threshold); make them non-overlapping (higher score wins) and write, per image, what
     ``save`` names (see SAVE: overlay PNG, label TIFF, ImageJ ROI zip, outline PNG), and for
@@ -114,7 +115,9 @@ def predict_files(segmenter, files, read_image, output_dir, metadata, save=DEFAU
     run (run_folder); the run is staged and moved into place at the end. An image that cannot
     be read or segmented, for whatever reason, is reported with one warning line and skipped
     (listed in skipped.csv); every other image gets all its outputs, and the tables list
-    exactly those images. Returns (counts rows, skipped: [{"file", "reason"}])."""
+    exactly those images. ``cluster`` (cluster.ClusterSegmentation) segments the images on a
+    Dask cluster instead, every image's tasks submitted first; the outputs are the same.
+    Returns (counts rows, skipped: [{"file", "reason"}])."""
     unknown = sorted(set(save) - set(SAVE))
     if unknown:
         raise InputError(f"unknown output {unknown[0]!r} (one of {', '.join(SAVE)})")
@@ -127,13 +130,16 @@ def predict_files(segmenter, files, read_image, output_dir, metadata, save=DEFAU
     with staged_run(output_dir, tool) as stage:
         for key in save:
             os.makedirs(os.path.join(stage, SAVE[key][0]))
+        if cluster is not None:
+            cluster.submit(files, read_image)
         bar = tqdm(list(zip(files, output_names(files))), desc="predicting", unit="img",
                    disable=not progress)
-        for path, name in bar:
+        for index, (path, name) in enumerate(bar):
             written = []
             try:
+                cells_of = None if cluster is None else (lambda i=index: cluster.cells_of(i))
                 rows = _predict_image(segmenter, read_image, path, name, stage, save, metadata,
-                                      to_dataset_id, len(run["images"]), written)
+                                      to_dataset_id, len(run["images"]), written, cells_of)
             except Exception as e:  # one image's failure, whatever it is, is not the run's
                 for f in written:
                     with contextlib.suppress(OSError):
@@ -163,12 +169,18 @@ def predict_files(segmenter, files, read_image, output_dir, metadata, save=DEFAU
 
 
 def _predict_image(segmenter, read_image, path, name, stage, save, metadata, to_dataset_id,
-                   image_id, written) -> dict:
-    """Segment one image and write its files (their paths appended to ``written`` as they
-    appear); returns its rows of the run's tables."""
+                   image_id, written, cells_of=None) -> dict:
+    """Segment one image (or take its cells, and the diameter segmented for, from
+    ``cells_of()``) and write its files (their paths appended to ``written`` as they appear);
+    returns its rows of the run's tables."""
     image = read_image(path)
     height, width = image.shape[:2]
-    label, cells = paint_labels(segmenter(image), (height, width))
+    if cells_of is None:
+        found = segmenter(image)
+        diameter = getattr(segmenter, "last_diameter", None)
+    else:
+        found, diameter = cells_of()
+    label, cells = paint_labels(found, (height, width))
     classes = np.array([c.cls for c in cells], np.int64)
     class_names = list(metadata.thing_classes)
 
@@ -194,7 +206,6 @@ def _predict_image(segmenter, read_image, path, name, stage, save, metadata, to_
     counts.update({f"n_{c}": int(np.sum(classes == k)) for k, c in enumerate(class_names)})
     counts["confluence"] = round(float(np.count_nonzero(label)) / label.size, 4)
     # The cell diameter the image was segmented for: --diameter, its estimate, or the model's.
-    diameter = getattr(segmenter, "last_diameter", None)
     counts["diameter_px"] = round(diameter, 2) if diameter else ""
     return {
         "images": [{"id": image_id, "file_name": printable(os.path.abspath(path)),

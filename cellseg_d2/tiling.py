@@ -140,32 +140,59 @@ class CellSegmenter:
         """The image's cells with every tile resized by ``scale`` (default: the training
         scale)."""
         height, width = image.shape[:2]
-        kwargs = {} if scale is None else {"scale": scale}
-        if self.fits_one_tile(height, width, scale):
-            cells = cells_from_instances(self.predictor(image, **kwargs)["instances"].to("cpu"),
-                                         self.score_thresh)
+        tiles = self.plan(height, width, scale)
+        if tiles is None:
+            cells = self.whole_cells(image, scale)
             self._report(1, 1)
             return cells
-        _, side, overlap = (self.scale, self.tile, self.overlap) if scale is None else \
-            tile_geometry(self.cfg, scale)
-        tiles = [(x, y) for y in tile_starts(height, side, overlap)
-                 for x in tile_starts(width, side, overlap)]
-        cells, depth = [], []
-        for t, (x, y) in enumerate(tqdm(tiles, desc="tiles", unit="tile", leave=False,
-                                        disable=not self.progress)):
-            tile = image[y:y + side, x:x + side]
-            th, tw = tile.shape[:2]
-            inner = (x > 0, y > 0, x + tw < width, y + th < height)  # left, top, right, bottom
-            instances = self.predictor(tile, **kwargs)["instances"].to("cpu")
-            for c in cells_from_instances(instances, self.score_thresh, (x, y), t):
-                x0, y0, x1, y1 = c.bounds
-                gaps = [g for g, is_inner in zip((x0 - x, y0 - y, x + tw - x1, y + th - y1), inner)
-                        if is_inner]
-                d = min(gaps, default=math.inf)
-                if d >= EDGE_MARGIN:
-                    cells.append(c)
-                    depth.append(d)
+        found = []
+        for t, (x, y, side) in enumerate(tqdm(tiles, desc="tiles", unit="tile", leave=False,
+                                              disable=not self.progress)):
+            found.append(self.tile_cells(image[y:y + side, x:x + side], x, y, t,
+                                         (height, width), scale))
             self._report(t + 1, len(tiles))
+        return self.stitch(found)
+
+    def plan(self, height: int, width: int, scale: float = None):
+        """None where the image is segmented whole, else its tiles [(x, y, side)] in order."""
+        if self.fits_one_tile(height, width, scale):
+            return None
+        side, overlap = (self.tile, self.overlap) if scale is None else \
+            tile_geometry(self.cfg, scale)[1:]
+        return [(x, y, side) for y in tile_starts(height, side, overlap)
+                for x in tile_starts(width, side, overlap)]
+
+    def whole_cells(self, image: np.ndarray, scale: float = None) -> list:
+        kwargs = {} if scale is None else {"scale": scale}
+        return cells_from_instances(self.predictor(image, **kwargs)["instances"].to("cpu"),
+                                    self.score_thresh)
+
+    def tile_cells(self, tile: np.ndarray, x: int, y: int, t: int, image_size: tuple,
+                   scale: float = None) -> tuple:
+        """(cells, depths) of tile ``t`` at (x, y) of an image of ``image_size`` (h, w): its
+        cells clear of its inner edges, in image coordinates, each with its distance from them
+        (a cluster worker runs this on one tile; stitch joins the tiles)."""
+        height, width = image_size
+        kwargs = {} if scale is None else {"scale": scale}
+        th, tw = tile.shape[:2]
+        inner = (x > 0, y > 0, x + tw < width, y + th < height)  # left, top, right, bottom
+        instances = self.predictor(tile, **kwargs)["instances"].to("cpu")
+        cells, depth = [], []
+        for c in cells_from_instances(instances, self.score_thresh, (x, y), t):
+            x0, y0, x1, y1 = c.bounds
+            gaps = [g for g, is_inner in zip((x0 - x, y0 - y, x + tw - x1, y + th - y1), inner)
+                    if is_inner]
+            d = min(gaps, default=math.inf)
+            if d >= EDGE_MARGIN:
+                cells.append(c)
+                depth.append(d)
+        return cells, depth
+
+    @staticmethod
+    def stitch(tiles: list) -> list:
+        """One image's cells from its tiles' (cells, depths), in tile order."""
+        cells = [c for tile_cells, _ in tiles for c in tile_cells]
+        depth = [d for _, tile_depth in tiles for d in tile_depth]
         return remove_duplicates(cells, depth)
 
     def _report(self, done: int, total: int) -> None:

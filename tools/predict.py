@@ -30,10 +30,12 @@ Exit status: 0 every image done; 1 error, nothing written; 3 some images skipped
 import argparse
 import sys
 
+import torch
 from detectron2.data import MetadataCatalog
 
 import cellseg_d2  # noqa: F401
 from cellseg_d2.checkpoint import check_weights
+from cellseg_d2.cluster import ClusterError, ClusterSegmentation, connect, local_workers
 from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.data.image_io import read_image
 from cellseg_d2.predict import DEFAULT_SAVE, SAVE, CellPredictor, InputError, list_images, predict_files
@@ -75,6 +77,14 @@ def main(argv=None):
                       ("rois", "ImageJ ROI zips"), ("outlines", "outline PNGs")):
         p.add_argument(f"--save-{key}", action="append_const", const=key, dest="save",
                        help=f"write {what}")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="segment on a Dask cluster: local:N (N single-threaded worker processes "
+                        "here) or a scheduler's address (dask-jobqueue, Dask Gateway, `dask "
+                        "scheduler`); the outputs are those of the in-process run")
+    p.add_argument("--threads", type=int,
+                   help="torch threads for the network: in-process (default: all cores) or per "
+                        "--cluster worker (default 1); the same count gives the same outputs "
+                        "to the last bit")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     try:
@@ -84,16 +94,30 @@ def main(argv=None):
         check_weights(cfg.MODEL.WEIGHTS)
         files = list_images(args.input)
         check_output_dir(args.output, TOOL, args.overwrite)
-        predictor = CellPredictor(cfg)
+        if args.threads is not None and args.threads < 1:
+            raise InputError("--threads takes a number >= 1")
+        if args.cluster:
+            local_workers(args.cluster)  # a bad local:N is an error before anything starts
+        elif args.threads:
+            torch.set_num_threads(args.threads)
+        # the client's model is never run with --cluster: its weights stay on disk
+        predictor = None if args.cluster else CellPredictor(cfg)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0]
         metadata = MetadataCatalog.get(name)
         segmenter = CellSegmenter(predictor, cfg, cfg.TEST.INSTANCE_SCORE_THRESH, progress=True,
                                   diameter=args.diameter)
+        save = args.save or DEFAULT_SAVE
         # DefaultPredictor takes BGR and converts to INPUT.FORMAT itself
-        counts, skipped = predict_files(segmenter, files, read_image, args.output, metadata,
-                                        save=args.save or DEFAULT_SAVE, overwrite=args.overwrite,
-                                        tool=TOOL)
-    except (SetupError, InputError, OutputFolderError) as e:
+        if args.cluster:
+            with connect(args.cluster) as client:
+                cluster = ClusterSegmentation(client, segmenter, args.threads or 1)
+                counts, skipped = predict_files(segmenter, files, read_image, args.output,
+                                                metadata, save=save, overwrite=args.overwrite,
+                                                tool=TOOL, cluster=cluster)
+        else:
+            counts, skipped = predict_files(segmenter, files, read_image, args.output, metadata,
+                                            save=save, overwrite=args.overwrite, tool=TOOL)
+    except (SetupError, InputError, OutputFolderError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     total = sum(c["cells"] for c in counts)
