@@ -98,13 +98,28 @@ def segment_whole(spec: Spec, path: str) -> tuple:
     return cells, segmenter.last_diameter
 
 
-def segment_tile(spec: Spec, path: str, x: int, y: int, side: int, t: int, scale) -> tuple:
-    """Task: (cells, depths) of one tile of an image."""
-    from .data.image_io import read_image
+_READERS = {}  # in a worker process: the last image's RegionReader
 
-    image = read_image(path)
-    return worker_segmenter(spec).tile_cells(image[y:y + side, x:x + side], x, y, t,
-                                             image.shape[:2], scale)
+
+def region_reader(path: str):
+    from .data.regions import RegionReader
+
+    if path not in _READERS:
+        for old in _READERS.values():
+            old.close()
+        _READERS.clear()
+        _READERS[path] = RegionReader(path)
+    return _READERS[path]
+
+
+def segment_tile(spec: Spec, path: str, x: int, y: int, side: int, t: int, scale,
+                 scaling) -> tuple:
+    """Task: (cells, depths) of one tile of an image, read by region (data.regions: a TIFF's
+    tile costs a tile's memory) with the whole image's intensity ``scaling``."""
+    reader = region_reader(path)
+    height, width = reader.shape[:2]
+    tile = reader.bgr_region(y, min(y + side, height), x, min(x + side, width), scaling)
+    return worker_segmenter(spec).tile_cells(tile, x, y, t, (height, width), scale)
 
 
 class ClusterSegmentation:
@@ -117,11 +132,14 @@ class ClusterSegmentation:
         self.spec = Spec(segmenter.cfg, segmenter.score_thresh, segmenter.diameter, threads)
         self.pending = {}
 
-    def submit(self, files: list, read_image) -> None:
+    def submit(self, files: list) -> None:
+        from .data.regions import RegionReader
+
         spec = self.client.scatter(self.spec, broadcast=True)
         for i, path in enumerate(files):
             try:
-                height, width = read_image(path).shape[:2]
+                reader = RegionReader(path)
+                height, width = reader.shape[:2]
             except Exception:  # noqa: BLE001 -- reported when its outputs are made, as in-process
                 continue
             scale = None
@@ -130,14 +148,17 @@ class ClusterSegmentation:
             tiles = None if self.segmenter.diameter == "auto" else \
                 self.segmenter.plan(height, width, scale)
             if tiles is None:  # one task: the whole image (and --diameter auto's two passes)
+                reader.close()
                 self.pending[i] = ("whole", self.client.submit(
                     segment_whole, spec, path, key=f"cellseg-{i}-whole", pure=False))
             else:
+                scaling = reader.scaling()  # once per image: every tile the same intensities
+                reader.close()
                 diameter = self.segmenter.diameter if scale is not None else \
                     self.segmenter.model_diameter or None
                 self.pending[i] = ("tiles", diameter, [self.client.submit(
-                    segment_tile, spec, path, x, y, side, t, scale, key=f"cellseg-{i}-tile{t}",
-                    pure=False) for t, (x, y, side) in enumerate(tiles)])
+                    segment_tile, spec, path, x, y, side, t, scale, scaling,
+                    key=f"cellseg-{i}-tile{t}", pure=False) for t, (x, y, side) in enumerate(tiles)])
 
     def cells_of(self, index: int) -> tuple:
         """(cells, diameter) of the index-th file; raises what its task raised."""

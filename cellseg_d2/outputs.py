@@ -53,6 +53,48 @@ def write_rois(path: str, cells: list, ids: list = None) -> None:
             z.writestr(info, roi.tobytes(), compress_type=zipfile.ZIP_DEFLATED)
 
 
+def write_ome_zarr(path: str, image_bgr: np.ndarray, label: np.ndarray,
+                   chunk: int = 1024) -> None:
+    """OME-Zarr (ome-zarr-py; napari, Fiji's MoBIE and OMERO read it): the image as the model
+    saw it (uint8; grey where its channels agree) as a multiscale pyramid, halving down to
+    ``chunk`` px, and the label image beside it as ``labels/cells`` with the same levels
+    (nearest-neighbour), both in ``chunk``-px chunks. Written in a temporary folder, then
+    renamed into place."""
+    import shutil
+
+    import dask
+    import numcodecs
+    import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.scale import Scaler
+    from ome_zarr.writer import write_image, write_labels
+
+    grey = image_bgr.ndim == 2 or (np.array_equal(image_bgr[:, :, 0], image_bgr[:, :, 1]) and
+                                   np.array_equal(image_bgr[:, :, 0], image_bgr[:, :, 2]))
+    image = image_bgr if image_bgr.ndim == 2 else \
+        image_bgr[:, :, 0] if grey else np.moveaxis(image_bgr[:, :, ::-1], -1, 0)
+    levels = max(1, int(np.ceil(np.log2(max(label.shape) / chunk)))) if max(label.shape) > chunk \
+        else 1
+    scaler = Scaler(max_layer=levels, method="nearest")
+    options = {"chunks": (chunk, chunk) if image.ndim == 2 else (image.shape[0], chunk, chunk)}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    # Written here, one chunk after another, with single-threaded Blosc: threaded Blosc lays
+    # its blocks out in the order they finish, and the bytes would differ from run to run (or
+    # the work would go to a Dask cluster the caller is connected to).
+    blosc_threads, numcodecs.blosc.use_threads = numcodecs.blosc.use_threads, False
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            root = zarr.group(store=parse_url(tmp, mode="w").store)
+            write_image(image, root, axes="yx" if image.ndim == 2 else "cyx", scaler=scaler,
+                        storage_options=options)
+            write_labels(label, root, name="cells", axes="yx", scaler=scaler,
+                         storage_options={"chunks": (chunk, chunk)})
+        os.replace(tmp, path)
+    finally:
+        numcodecs.blosc.use_threads = blosc_threads
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def class_colors(metadata, n: int) -> np.ndarray:
     colors = getattr(metadata, "thing_colors", None)
     if colors and len(colors) >= n:

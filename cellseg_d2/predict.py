@@ -2,6 +2,7 @@
 import contextlib
 import glob
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -14,7 +15,15 @@ from .checkpoint import FittingCheckpointer
 from .config import inference_scale
 from .data.image_io import IMAGE_EXTENSIONS, ImageReadError
 from .data.mapper import ScaleBy
-from .outputs import outlines, overlay, write_csv, write_image, write_label_tiff, write_rois
+from .outputs import (
+    outlines,
+    overlay,
+    write_csv,
+    write_image,
+    write_label_tiff,
+    write_ome_zarr,
+    write_rois,
+)
 from .run_folder import check_output_dir, staged_run
 from .utils import printable, write_json
 
@@ -99,7 +108,7 @@ class CellPredictor(DefaultPredictor):
 
 # Per-image files, chosen with predict_files(save=...): name -> (folder, extension).
 SAVE = {"png": ("overlays", "png"), "tif": ("labels", "tif"), "rois": ("rois", "zip"),
-        "outlines": ("outlines", "png")}
+        "outlines": ("outlines", "png"), "zarr": ("zarr", "zarr")}
 DEFAULT_SAVE = ("png", "tif")
 
 
@@ -131,7 +140,7 @@ def predict_files(segmenter, files, read_image, output_dir, metadata, save=DEFAU
         for key in save:
             os.makedirs(os.path.join(stage, SAVE[key][0]))
         if cluster is not None:
-            cluster.submit(files, read_image)
+            cluster.submit(files)
         bar = tqdm(list(zip(files, output_names(files))), desc="predicting", unit="img",
                    disable=not progress)
         for index, (path, name) in enumerate(bar):
@@ -143,7 +152,10 @@ def predict_files(segmenter, files, read_image, output_dir, metadata, save=DEFAU
             except Exception as e:  # one image's failure, whatever it is, is not the run's
                 for f in written:
                     with contextlib.suppress(OSError):
-                        os.remove(f)
+                        if os.path.isdir(f):
+                            shutil.rmtree(f)
+                        else:
+                            os.remove(f)
                 reason = skip_reason(path, e)
                 bar.write(f"warning: skipped {reason}", file=sys.stderr)
                 skipped.append({"file": printable(path), "reason": reason})
@@ -200,6 +212,8 @@ def _predict_image(segmenter, read_image, path, name, stage, save, metadata, to_
         write_label_tiff(out("tif"), label)
     if "rois" in save:
         write_rois(out("rois"), cells)
+    if "zarr" in save:
+        write_ome_zarr(out("zarr"), image, label)
     xywh = BoxMode.convert(np.array([c.box for c in cells]).reshape(-1, 4),
                            BoxMode.XYXY_ABS, BoxMode.XYWH_ABS)
     counts = {"image": name, "file": printable(path), "cells": len(cells)}

@@ -8,6 +8,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+import tifffile
 
 from .conftest import tool
 
@@ -27,6 +28,9 @@ def mixed_inputs(tiny_synthetic, tmp_path_factory):
     tiles = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in images[:4]]
     well = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:4])])  # 320 x 448: 4+ tiles
     cv2.imwrite(str(folder / "well.png"), well)
+    # the same well as a 16-bit tiled TIFF: read by region on the workers, scaled as a whole
+    tifffile.imwrite(folder / "well16.tif", well.astype(np.uint16) * 37 + 1000, tile=(64, 64),
+                     compression="zlib")
     return folder
 
 
@@ -38,7 +42,8 @@ def outputs(folder):
 def predict(trained, inputs, out, *extra):
     return tool("predict.py", "--config-file", trained / "config.yaml", "--weights",
                 trained / "model_final.pth", "--input", inputs, "--output", out,
-                "--score-thresh", 0.05, "--save-tif", "--save-rois", "--save-png", *extra,
+                "--score-thresh", 0.05, "--save-tif", "--save-rois", "--save-png", "--save-zarr",
+                *extra,
                 check=False)
 
 
@@ -49,11 +54,19 @@ def test_cluster_outputs_equal_in_process(trained, mixed_inputs, tmp_path):
     assert cluster.returncode == 3, cluster.stderr
     a, b = outputs(tmp_path / "in_process"), outputs(tmp_path / "cluster")
     assert sorted(a) == sorted(b)
-    assert "labels/well.tif" in a and "skipped.csv" in a
+    assert "labels/well.tif" in a and "labels/well16.tif" in a and "skipped.csv" in a
     assert [f for f in a if a[f] != b[f]] == []
     assert b"corrupt.png" in a["skipped.csv"]
-    assert any(n > 0 for n in (cv2.imread(str(tmp_path / "cluster" / "labels" / "well.tif"),
-                                           cv2.IMREAD_UNCHANGED).max(),)), "no cell compared"
+    label = tifffile.imread(tmp_path / "in_process" / "labels" / "well16.tif")
+    assert label.max() > 0, "no cell compared"
+    # The OME-Zarr labels, read back by ome-zarr-py, are the label TIFF
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    nodes = list(Reader(parse_url(str(tmp_path / "cluster" / "zarr" / "well16.zarr")))())
+    image, cells = nodes[0], [n for n in nodes if "labels" in str(n.zarr)][-1]
+    assert image.data[0].shape == label.shape
+    np.testing.assert_array_equal(np.asarray(cells.data[0]), label)
 
 
 def test_bad_cluster_address_is_one_line(trained, mixed_inputs, tmp_path):
@@ -75,8 +88,8 @@ def test_worker_killed_mid_run_loses_nothing(trained, mixed_inputs, tmp_path):
     from cellseg_d2.tiling import CellSegmenter
 
     class KillAfterSubmit(ClusterSegmentation):
-        def submit(self, files, read_image):
-            super().submit(files, read_image)
+        def submit(self, files):
+            super().submit(files)
             pids = self.client.run(os.getpid)
             victim = sorted(pids)[0]
             with contextlib.suppress(Exception):  # the worker dies answering
@@ -91,7 +104,8 @@ def test_worker_killed_mid_run_loses_nothing(trained, mixed_inputs, tmp_path):
                       dashboard_address=None) as lc, Client(lc) as client:
         cluster = KillAfterSubmit(client, segmenter, 1)
         predict_files(segmenter, files, read_image, str(tmp_path / "cluster"),
-                      MetadataCatalog.get(cfg.DATASETS.TEST[0]), save=("tif", "rois", "png"),
+                      MetadataCatalog.get(cfg.DATASETS.TEST[0]),
+                      save=("tif", "rois", "png", "zarr"),
                       progress=False, cluster=cluster)
         assert cluster.killed
     local = predict(trained, mixed_inputs, tmp_path / "in_process", "--threads", 1)

@@ -13,6 +13,8 @@ Writes to --output, per image (choose with --save-*; default --save-png --save-t
                         uint32 beyond 65,535 cells (BigTIFF when needed)
   rois/<name>.zip       ImageJ / Fiji ROI set: one polygon per cell, named by its label id
   outlines/<name>.png   the image with cell outlines in class colours
+  zarr/<name>.zarr      OME-Zarr: the image (as segmented, uint8) as a multiscale pyramid,
+                        the label image beside it as labels/cells (napari opens it)
 and for the run: coco_results.json (+ images.json), submission.csv (Kaggle format), cells.csv
 (one row per cell, cell_id = label id) and counts.csv (cells per class, confluence,
 diameter).
@@ -74,7 +76,8 @@ def main(argv=None):
     p.add_argument("--score-thresh", type=float,
                    help="score above which a detection is a cell (default TEST.INSTANCE_SCORE_THRESH)")
     for key, what in (("png", "overlay PNGs"), ("tif", "label TIFFs"),
-                      ("rois", "ImageJ ROI zips"), ("outlines", "outline PNGs")):
+                      ("rois", "ImageJ ROI zips"), ("outlines", "outline PNGs"),
+                      ("zarr", "OME-Zarr image pyramids with their labels")):
         p.add_argument(f"--save-{key}", action="append_const", const=key, dest="save",
                        help=f"write {what}")
     p.add_argument("--cluster", metavar="ADDRESS",

@@ -40,20 +40,58 @@ def warn_once(path: str, message: str) -> None:
         print(f"warning: {printable(path)}: {message}", file=sys.stderr, flush=True)
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Scale a grayscale or colour array of any dtype to uint8 (see module docstring)."""
+def value_counts(image: np.ndarray) -> tuple:
+    """(sorted distinct finite values, their counts) of an array: what value_range needs, and
+    what can be summed over an image's chunks (merge_counts) without holding it whole."""
+    values = image.ravel()
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
+    return np.unique(values, return_counts=True)
+
+
+def merge_counts(parts: list) -> tuple:
+    if not parts:
+        return np.zeros(0), np.zeros(0, np.int64)
+    values = np.concatenate([v for v, _ in parts])
+    counts = np.concatenate([c for _, c in parts])
+    merged, inverse = np.unique(values, return_inverse=True)
+    return merged, np.bincount(inverse.ravel(), weights=counts, minlength=len(merged)) \
+        .astype(np.int64)
+
+
+def value_range(counts: tuple) -> tuple | None:
+    """(lo, hi): the PERCENTILES of the values (linear between order statistics, as
+    numpy.percentile), from value_counts; None for an image with no finite value."""
+    values, n = counts
+    total = int(n.sum())
+    if total == 0:
+        return None
+    cumulative = np.cumsum(n)
+    out = []
+    for q in PERCENTILES:
+        pos = q / 100.0 * (total - 1)
+        i = int(np.floor(pos))
+        a = float(values[np.searchsorted(cumulative, i, side="right")])
+        b = float(values[np.searchsorted(cumulative, min(i + 1, total - 1), side="right")])
+        out.append(a + (b - a) * (pos - i))
+    lo, hi = out
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def to_uint8(image: np.ndarray, scaling: tuple = None) -> np.ndarray:
+    """Scale a grayscale or colour array of any dtype to uint8 (see module docstring);
+    ``scaling``: the image's (lo, hi), computed once over a whole image read in parts."""
     if image.dtype == np.uint8:
         return image
+    if scaling is None:
+        scaling = value_range(value_counts(image))
+    if scaling is None:
+        return np.zeros(image.shape, np.uint8)
+    lo, hi = scaling
     img = image.astype(np.float32)
-    finite = np.isfinite(img)
-    values = img if finite.all() else img[finite]
-    if values.size == 0:
-        return np.zeros(img.shape, np.uint8)
-    lo, hi = np.percentile(values, PERCENTILES)
-    if hi <= lo:
-        hi = lo + 1.0
-    img[~finite] = lo
-    return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
+    img[~np.isfinite(img)] = lo
+    return np.clip((img - np.float32(lo)) * np.float32(255.0 / (hi - lo)), 0, 255).round() \
+        .astype(np.uint8)
 
 
 def _read_tiff(path: str, data: bytes) -> np.ndarray:
@@ -124,15 +162,16 @@ def read_image(path: str, format: str = "BGR") -> np.ndarray:
     return as_uint8_color(read_unchanged(path), format)
 
 
-def as_uint8_color(image: np.ndarray, format: str = "BGR", order: str = "BGR") -> np.ndarray:
+def as_uint8_color(image: np.ndarray, format: str = "BGR", order: str = "BGR",
+                   scaling: tuple = None) -> np.ndarray:
     """An (H, W) or (H, W, 3|4) array of any dtype, colour in ``order`` (read_unchanged's is
-    BGR; napari's layers hold RGB), as read_image returns it: HxWx3 uint8 in ``format``."""
+    BGR; napari's layers hold RGB), as read_image returns it: HxWx3 uint8 in ``format``
+    (``scaling``: to_uint8's, for a part of a larger image)."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] in (3, 4) and order == "RGB":
         image = image[:, :, [2, 1, 0, 3][:image.shape[2]]]
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]  # alpha is not part of the picture, nor of its percentiles
-    image = to_uint8(image)
+    image = drop_alpha(image)
+    image = to_uint8(image, scaling)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if format == "RGB":
@@ -140,6 +179,11 @@ def as_uint8_color(image: np.ndarray, format: str = "BGR", order: str = "BGR") -
     elif format != "BGR":
         raise ValueError(f"unsupported image format {format!r} (BGR or RGB)")
     return np.ascontiguousarray(image)
+
+
+def drop_alpha(image: np.ndarray) -> np.ndarray:
+    """Alpha is not part of the picture, nor of its percentiles."""
+    return image[:, :, :3] if image.ndim == 3 and image.shape[2] == 4 else image
 
 
 def decoded_size(path: str) -> tuple[int, int]:
