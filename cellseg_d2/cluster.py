@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import pickle
+import uuid
 from dataclasses import dataclass
 
 LOCAL = "local:"
@@ -123,46 +124,64 @@ def segment_tile(spec: Spec, path: str, x: int, y: int, side: int, t: int, scale
 
 
 class ClusterSegmentation:
-    """Submits every image's tasks up front (``submit``), then hands each image's cells back in
-    input order (``cells_of``, predict.predict_files' source of cells)."""
+    """Submits images' tasks ahead of the client (``submit``: the first ``ahead`` images; each
+    ``cells_of`` one more), and hands each image's cells back in input order (``cells_of``,
+    predict.predict_files' source of cells). Keeping a bounded number of images in flight
+    keeps every worker busy without piling a whole plate's results up in their memory."""
 
-    def __init__(self, client, segmenter, threads: int = 1):
+    def __init__(self, client, segmenter, threads: int = 1, ahead: int = None):
         self.client = client
         self.segmenter = segmenter  # the client's: tile plans and stitching, its model unused
         self.spec = Spec(segmenter.cfg, segmenter.score_thresh, segmenter.diameter, threads)
-        self.pending = {}
+        workers = len(client.scheduler_info().get("workers", {})) or 1
+        self.ahead = ahead or max(8, 4 * workers)
+        self.run = uuid.uuid4().hex[:12]  # task keys unique on a scheduler shared by runs
+        self.files, self.pending, self._spec = [], {}, None
 
     def submit(self, files: list) -> None:
+        self.files = list(files)
+        self._spec = self.client.scatter(self.spec, broadcast=True)
+        for i in range(min(self.ahead, len(self.files))):
+            self._submit(i)
+
+    def _submit(self, i: int) -> None:
         from .data.regions import RegionReader
 
-        spec = self.client.scatter(self.spec, broadcast=True)
-        for i, path in enumerate(files):
+        path, seg = self.files[i], self.segmenter
+        try:
+            reader = RegionReader(path)
             try:
-                reader = RegionReader(path)
                 height, width = reader.shape[:2]
-            except Exception:  # noqa: BLE001 -- reported when its outputs are made, as in-process
-                continue
-            scale = None
-            if self.segmenter.diameter not in (None, "auto"):
-                scale = self.segmenter.scale_for(self.segmenter.diameter)
-            tiles = None if self.segmenter.diameter == "auto" else \
-                self.segmenter.plan(height, width, scale)
-            if tiles is None:  # one task: the whole image (and --diameter auto's two passes)
+                scale = None if seg.diameter in (None, "auto") else seg.scale_for(seg.diameter)
+                tiles = None if seg.diameter == "auto" else seg.plan(height, width, scale)
+                # once per image: every tile the same intensities
+                scaling = None if tiles is None else reader.scaling()
+            finally:
                 reader.close()
-                self.pending[i] = ("whole", self.client.submit(
-                    segment_whole, spec, path, key=f"cellseg-{i}-whole", pure=False))
-            else:
-                scaling = reader.scaling()  # once per image: every tile the same intensities
-                reader.close()
-                diameter = self.segmenter.diameter if scale is not None else \
-                    self.segmenter.model_diameter or None
-                self.pending[i] = ("tiles", diameter, [self.client.submit(
-                    segment_tile, spec, path, x, y, side, t, scale, scaling,
-                    key=f"cellseg-{i}-tile{t}", pure=False) for t, (x, y, side) in enumerate(tiles)])
+        except Exception as e:  # noqa: BLE001 -- this image's error, raised by cells_of
+            self.pending[i] = ("error", e)
+            return
+        key = f"cellseg-{self.run}-{i}"
+        if tiles is None:  # one task: the whole image (and --diameter auto's two passes)
+            self.pending[i] = ("whole", self.client.submit(segment_whole, self._spec, path,
+                                                           key=f"{key}-whole", pure=False))
+            return
+        diameter = float(seg.diameter) if scale is not None else seg.model_diameter or None
+        self.pending[i] = ("tiles", diameter, [
+            self.client.submit(segment_tile, self._spec, path, x, y, side, t, scale, scaling,
+                               key=f"{key}-tile{t}", pure=False)
+            for t, (x, y, side) in enumerate(tiles)])
 
     def cells_of(self, index: int) -> tuple:
-        """(cells, diameter) of the index-th file; raises what its task raised."""
+        """(cells, diameter) of the index-th file; raises what reading or segmenting it
+        raised."""
+        if index + self.ahead < len(self.files):
+            self._submit(index + self.ahead)
+        if index not in self.pending:
+            self._submit(index)
         entry = self.pending.pop(index)
+        if entry[0] == "error":
+            raise entry[1]
         if entry[0] == "whole":
             return entry[1].result()
         _, diameter, futures = entry

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from .cells import cell_row, coco_rle, kaggle_rle, paint_labels
 from .checkpoint import FittingCheckpointer
 from .config import inference_scale
-from .data.image_io import IMAGE_EXTENSIONS, ImageReadError
+from .data.image_io import IMAGE_EXTENSIONS, ImageReadError, is_ome_zarr
 from .data.mapper import ScaleBy
 from .outputs import (
     outlines,
@@ -53,27 +53,32 @@ def skip_reason(path, error: Exception) -> str:
 
 
 def list_images(spec: str) -> list:
-    """A file, a folder (its images, sorted), a glob pattern, or a .txt list of image paths."""
+    """A file (or an OME-Zarr image folder), a folder (its images, sorted), a glob pattern, or
+    a .txt list of image paths."""
     if spec.endswith(".txt") and os.path.isfile(spec):
         with open(spec) as f:
             files = [line.strip() for line in f if line.strip()]
         if not files:
             raise InputError(f"{printable(spec)}: image list is empty")
-        missing = [f for f in files if not os.path.isfile(f)]
+        missing = [f for f in files if not (os.path.isfile(f) or is_ome_zarr(f))]
         if missing:
             raise InputError(f"{printable(missing[0])}: image file not found (listed in "
                              f"{printable(spec)})")
         return files
+    if is_ome_zarr(spec):
+        return [spec.rstrip(os.sep) or spec]
     if os.path.isdir(spec):
         files = sorted(os.path.join(spec, f) for f in os.listdir(spec)
-                       if f.lower().endswith(IMAGE_EXTENSIONS))
+                       if f.lower().endswith(IMAGE_EXTENSIONS) or
+                       is_ome_zarr(os.path.join(spec, f)))
         if not files:
             raise InputError(f"{printable(spec)}: folder has no images "
                              f"({', '.join(IMAGE_EXTENSIONS)})")
         return files
     if os.path.isfile(spec):
         return [spec]
-    files = sorted(f for f in glob.glob(spec) if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted(f for f in glob.glob(spec) if f.lower().endswith(IMAGE_EXTENSIONS) or
+                   is_ome_zarr(f))
     if not files:
         raise InputError(f"{printable(spec)}: no such file, folder or matching images")
     return files

@@ -28,6 +28,13 @@ def mixed_inputs(tiny_synthetic, tmp_path_factory):
     tiles = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in images[:4]]
     well = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:4])])  # 320 x 448: 4+ tiles
     cv2.imwrite(str(folder / "well.png"), well)
+    # an OME-Zarr image among the files (a folder)
+    import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.writer import write_image
+
+    write_image(tiles[3], zarr.group(store=parse_url(str(folder / "field.zarr"), mode="w").store),
+                axes="yx", storage_options={"chunks": (64, 64)})
     # the same well as a 16-bit tiled TIFF: read by region on the workers, scaled as a whole
     tifffile.imwrite(folder / "well16.tif", well.astype(np.uint16) * 37 + 1000, tile=(64, 64),
                      compression="zlib")
@@ -55,6 +62,7 @@ def test_cluster_outputs_equal_in_process(trained, mixed_inputs, tmp_path):
     a, b = outputs(tmp_path / "in_process"), outputs(tmp_path / "cluster")
     assert sorted(a) == sorted(b)
     assert "labels/well.tif" in a and "labels/well16.tif" in a and "skipped.csv" in a
+    assert "labels/field.tif" in a
     assert [f for f in a if a[f] != b[f]] == []
     assert b"corrupt.png" in a["skipped.csv"]
     label = tifffile.imread(tmp_path / "in_process" / "labels" / "well16.tif")

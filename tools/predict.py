@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Segment cells in PNG/TIF images (8 or 16 bit, any size) with a trained checkpoint.
+"""Segment cells in PNG/TIF/OME-Zarr images (8 or 16 bit, any size) with a trained checkpoint.
 
 Images larger than the training images (whole wells, mosaics) are segmented at the model's
 native scale in overlapping tiles (TEST.TILE.*) and stitched: one instance per cell. Images

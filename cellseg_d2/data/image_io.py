@@ -124,10 +124,57 @@ def _read_tiff(path: str, data: bytes) -> np.ndarray:
     return image
 
 
+def is_ome_zarr(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, ".zattrs"))
+
+
+def ome_zarr_plane(path: str):
+    """The full-resolution level of an OME-Zarr image as a lazy zarr array, and how to make it
+    (H, W) or (H, W, C) in BGR order: (array, index of the plane, channel axis or None)."""
+    import json
+
+    import zarr
+
+    with open(os.path.join(path, ".zattrs")) as f:
+        multiscales = json.load(f).get("multiscales")
+    if not multiscales:
+        raise ValueError("no 'multiscales' in .zattrs: not an OME-Zarr image")
+    level = zarr.open(os.path.join(path, multiscales[0]["datasets"][0]["path"]), mode="r")
+    axes = [a["name"] if isinstance(a, dict) else a for a in multiscales[0].get("axes", [])] \
+        or ["t", "c", "z", "y", "x"][-level.ndim:]
+    if axes[-2:] != ["y", "x"]:
+        raise ValueError(f"axes {axes}: y, x last expected")
+    colour = "c" in axes and level.shape[axes.index("c")] > 1
+    index = tuple(slice(None) if a in ("y", "x") or (a == "c" and colour) else 0 for a in axes)
+    if any(level.shape[i] > 1 for i, a in enumerate(axes) if a not in ("y", "x", "c")):
+        warn_once(path, f"shape {level.shape} (axes {''.join(axes)}): segmenting the first "
+                        f"plane")
+    return level, index, axes.index("c") if colour else None
+
+
+def _ome_zarr_image(path: str, rows=slice(None), cols=slice(None)) -> np.ndarray:
+    level, index, channel = ome_zarr_plane(path)
+    index = index[:-2] + (rows, cols)
+    image = np.asarray(level[index])  # the axes left: (c,) y, x
+    if channel is not None:
+        image = np.moveaxis(image, 0, -1)
+        if image.shape[2] in (3, 4):
+            image = image[:, :, [2, 1, 0, 3][:image.shape[2]]]  # RGB(A) -> BGR(A)
+    return image
+
+
 def read_unchanged(path: str) -> np.ndarray:
     """The 2-D image stored in ``path`` (its own dtype and channels; of several pages, the one
-    read_image segments); one ImageReadError naming the file if it is missing or unreadable."""
+    read_image segments; an OME-Zarr folder's full-resolution plane); one ImageReadError naming
+    the file if it is missing or unreadable."""
     name = printable(path)
+    if is_ome_zarr(path):
+        try:
+            image = _ome_zarr_image(path)
+        except Exception as e:  # zarr raises many types for damaged stores
+            raise ImageReadError(f"{name}: not a readable OME-Zarr image ({e})") from None
+        return _check_channels(path, image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1
+                               else image)
     if not os.path.isfile(path):
         raise ImageReadError(f"{name}: image file not found")
     try:
@@ -147,6 +194,11 @@ def read_unchanged(path: str) -> np.ndarray:
         raise ImageReadError(f"{name}: not a readable image (PNG/TIFF/JPEG expected)")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
+    return _check_channels(path, image)
+
+
+def _check_channels(path: str, image: np.ndarray) -> np.ndarray:
+    name = printable(path)
     if image.ndim > 3 or (image.ndim == 3 and image.shape[2] not in (3, 4)) or image.ndim < 2:
         shape = "x".join(map(str, image.shape))
         if image.ndim < 2 or min(image.shape[:2]) == 0:

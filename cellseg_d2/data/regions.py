@@ -2,7 +2,8 @@
 
 A one-page TIFF (OME-TIFF included: its first series' full-resolution plane) of grey or
 interleaved colour pixels is read lazily through tifffile's zarr interface: only the chunks
-(TIFF tiles or strips) under a region are decoded. Any other image is decoded whole, once, by
+(TIFF tiles or strips) under a region are decoded; so is a grey OME-Zarr image's
+full-resolution level. Any other image is decoded whole, once, by
 image_io.read_unchanged, so every region of it is exactly the same as in-process. Regions
 come in read_unchanged's conventions (colour in BGR order), and are turned into the model's
 uint8 input with the scaling of the whole image (``scaling``: to_uint8's 0.5 / 99.5
@@ -16,7 +17,9 @@ from .image_io import (
     _TIFF_MAGIC,
     as_uint8_color,
     drop_alpha,
+    is_ome_zarr,
     merge_counts,
+    ome_zarr_plane,
     read_unchanged,
     value_counts,
     value_range,
@@ -36,9 +39,17 @@ class RegionReader:
             self.close()
         if self._zarr is None:
             self._whole = read_unchanged(path)
-        self.shape = tuple(self._whole.shape if self._zarr is None else self._zarr.shape)
+        self.shape = tuple(self._whole.shape if self._zarr is None else
+                           self._zarr.shape[len(self._index):])
 
     def _open_lazy(self, path: str) -> None:
+        if is_ome_zarr(path):
+            level, index, channel = ome_zarr_plane(path)
+            if channel is not None:
+                raise ValueError("channels: read whole")
+            self._zarr = level
+            self._index = index[:-2]
+            return
         with open(path, "rb") as f:
             if f.read(4) not in _TIFF_MAGIC:
                 return
@@ -55,6 +66,7 @@ class RegionReader:
             raise ValueError(f"axes {page.axes}")
         store = series.aszarr(level=0) if self._tif.is_ome else page.aszarr()
         self._zarr = zarr.open(store, mode="r")
+        self._index = ()
         self._rgb = page.axes == "YXS" and str(page.photometric.name) == "RGB"
 
     @property
@@ -65,7 +77,7 @@ class RegionReader:
         """Pixels [y0:y1, x0:x1] in read_unchanged's dtype, channels and colour order."""
         if self._zarr is None:
             return self._whole[y0:y1, x0:x1]
-        part = np.asarray(self._zarr[y0:y1, x0:x1])
+        part = np.asarray(self._zarr[self._index + (slice(y0, y1), slice(x0, x1))])
         if self._rgb:
             part = part[:, :, [2, 1, 0, 3][:part.shape[2]]]  # BGR(A), as read_unchanged
         return part
