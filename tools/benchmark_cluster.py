@@ -13,7 +13,6 @@ distribution of the work, not the model's accuracy.
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -74,11 +73,19 @@ def run(model: str, inputs: str, out: str, cluster: int = 0) -> dict:
             work = ClusterSegmentation(client, segmenter, 1)
             predict_files(segmenter, files, read_image, out, metadata, save=save,
                           progress=False, cluster=work)
-            rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-            row["worker_peak_rss_mb"] = sorted(round(v / 1024) for v in rss.values())
+            rss = client.run(peak_rss_mb)
+            row["worker_peak_rss_mb"] = sorted(rss.values())
             row["task_overhead_ms"] = overhead(client)
     row["wall_s"] = round(time.perf_counter() - t, 1)
     return row
+
+
+def peak_rss_mb() -> int:
+    """This process's peak RSS (VmHWM: of its own memory since exec; getrusage's ru_maxrss
+    carries a forked parent's peak over into its children)."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return round(kb / 1024)
 
 
 def overhead(client, n: int = 200) -> float:
@@ -123,7 +130,7 @@ def main(argv=None):
                 rows[name]["outputs_equal_in_process"] = same_outputs(os.path.join(tmp, "out0"),
                                                                       out)
             print(name, rows[name], flush=True)
-        client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        client_rss = peak_rss_mb()
     result = {"images": n, "megapixels": round(pixels / 1e6, 2), "well_px": args.well,
               "runs": rows, "client_peak_rss_mb": round(client_rss), "overrides": OVERRIDES,
               "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": ")}
