@@ -15,6 +15,7 @@ scores may differ in their last bit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import pickle
@@ -68,7 +69,7 @@ class Spec:
     diameter: object  # None, a number of px or "auto"
     threads: int
 
-    @property
+    @functools.cached_property  # every task looks its worker's segmenter up by it
     def key(self) -> str:
         return hashlib.sha1(pickle.dumps((self.cfg.dump(), self.score_thresh, self.diameter,
                                           self.threads))).hexdigest()

@@ -26,6 +26,15 @@ def write_image(path: str, image: np.ndarray) -> None:
         f.write(data.tobytes())
 
 
+def label_image(label) -> np.ndarray:
+    """A label image of non-negative integer cell ids as the label TIFFs hold it (uint16, or
+    uint32 past 65,535); ValueError for anything else."""
+    label = np.asarray(label)
+    if not np.issubdtype(label.dtype, np.integer) or (label.size and label.min() < 0):
+        raise ValueError("a label image holds non-negative integer cell ids")
+    return label.astype(np.uint16 if label.max(initial=0) <= 65535 else np.uint32, copy=False)
+
+
 def write_label_tiff(path: str, label: np.ndarray) -> None:
     """Label image as a deflate-compressed TIFF (uint16, or uint32 past 65,535 cells); BigTIFF
     when the pixels alone approach the 4 GB limit of classic TIFF."""

@@ -325,8 +325,8 @@ def train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed):
         eval_reserve *= max(1.0, float32_s_it / RESERVE_S_PER_IT)
     common = stage_opts(amp)
     if args.synthetic_only:
-        return train_synthetic_only(args, inputs, out, config, data_root, eval_reserve, budget,
-                                    elapsed, s_it, startup, pretrain_sets, common, amp, why)
+        return train_synthetic_only(args, inputs, out, config, data_root, budget, elapsed, s_it,
+                                    startup, pretrain_sets, common, amp, why)
     left = budget - elapsed() - eval_reserve - 2 * startup
     pre = (max(1, int(left * args.pretrain_share / (s_it["synthetic"] * 1.02)))
            if args.pretrain_share > 0 else 0)
@@ -369,8 +369,8 @@ def train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed):
     return 0
 
 
-def train_synthetic_only(args, inputs, out, config, data_root, eval_reserve, budget, elapsed,
-                         s_it, startup, pretrain_sets, common, amp, why):
+def train_synthetic_only(args, inputs, out, config, data_root, budget, elapsed, s_it, startup,
+                         pretrain_sets, common, amp, why):
     """--synthetic-only: the pretraining stage for the whole budget, written to OUTPUT itself
     (a model folder like any other); then, past the budget, evaluated on every image of --data
     where --data is there (the model's measured worth on real cells, not part of making it)."""

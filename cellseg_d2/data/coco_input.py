@@ -11,11 +11,9 @@ import pycocotools.mask as mask_util
 from .coco_checks import check_annotations, check_categories, check_images, to_rle
 from .image_io import ImageReadError, decoded_size
 from .sartorius import (
-    SARTORIUS_CATEGORIES,
     SARTORIUS_CLASSES,
-    SPLITS,
     ConversionError,
-    split_images,
+    split_coco,
     write_splits,
 )
 
@@ -105,15 +103,6 @@ def read_coco_export(json_path: str, out_dir: str, split, seed: int = 0,
             raise ConversionError(f"{json_path}: no image has an annotation")
     cell_type = {i: SARTORIUS_CLASSES[(c.most_common(1)[0][0] if c else 1) - 1]
                  for i, c in classes.items()}
-    parts = split_images(cell_type, split, seed)
-    result = {}
-    for name in SPLITS:
-        chosen = parts[name]
-        split_anns = [a for i in chosen for a in anns[i]]
-        for n, a in enumerate(split_anns, start=1):
-            a["id"] = n
-        result[name] = {"info": {"description": f"{os.path.basename(json_path)} ({name} split)",
-                                 "source": os.path.abspath(json_path), "split_seed": seed},
-                        "categories": SARTORIUS_CATEGORIES,
-                        "images": [images[i] for i in chosen], "annotations": split_anns}
+    result = split_coco(images, anns, cell_type, split, seed, os.path.basename(json_path),
+                        os.path.abspath(json_path))
     return result, 0 if keep_empty else len(empty)

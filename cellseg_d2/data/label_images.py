@@ -68,14 +68,7 @@ def read_label_images(src: str, cell_type: str, scale: float = 1.0) -> tuple:
     # naming its file, and leaves no output.
     images, annotations, pngs = [], [], []
     for n, (image_path, label_path) in enumerate(find_pairs(src), start=1):
-        try:
-            image = read_unchanged(image_path)
-            label = read_unchanged(label_path)
-        except ImageReadError as e:
-            raise ConversionError(str(e)) from None
-        if label.ndim != 2 or label.shape != image.shape[:2]:
-            raise ConversionError(f"{label_path}: label image {label.shape} does not match "
-                                  f"{image_path} {image.shape}")
+        image, label = read_pair(image_path, label_path)
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
         image = cv2.resize(normalized_gray(image), size, interpolation=cv2.INTER_AREA)
         label = cv2.resize(label.astype(np.float32), size, interpolation=cv2.INTER_NEAREST)
@@ -83,20 +76,41 @@ def read_label_images(src: str, cell_type: str, scale: float = 1.0) -> tuple:
         pngs.append((file_name, cv2.imencode(".png", image)[1].tobytes()))
         images.append({"id": n, "file_name": file_name, "height": size[1], "width": size[0],
                        "source": os.path.abspath(image_path)})
-        for value in np.unique(label[label > 0]):
-            mask = np.asfortranarray((label == value).astype(np.uint8))
-            area = int(mask.sum())
-            if area < MIN_AREA:
-                continue
-            rle = mask_util.encode(mask)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": n, "category_id": category,
-                "iscrowd": 0, "area": float(area),
-                "bbox": [float(v) for v in mask_util.toBbox(rle)],
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+        annotations += [{"id": len(annotations) + k, **a} for k, a in
+                        enumerate(label_annotations(label, n, category, MIN_AREA), start=1)]
     coco = {"info": {"description": f"{os.path.abspath(src)} as {cell_type}, scale {scale}"},
             "categories": SARTORIUS_CATEGORIES, "images": images, "annotations": annotations}
     return coco, pngs
+
+
+def read_pair(image_path: str, label_path: str) -> tuple:
+    """(image, label image) as stored, of the same height and width; one ConversionError
+    naming the file otherwise."""
+    try:
+        image = read_unchanged(image_path)
+        label = read_unchanged(label_path)
+    except ImageReadError as e:
+        raise ConversionError(str(e)) from None
+    if label.ndim != 2 or label.shape != image.shape[:2]:
+        raise ConversionError(f"{label_path}: label image {label.shape} does not match "
+                              f"{image_path} {image.shape}")
+    return image, label
+
+
+def label_annotations(label: np.ndarray, image_id: int, category_id: int,
+                      min_area: int) -> list:
+    """COCO annotations (RLE, no id) of a label image's cells of at least ``min_area`` px."""
+    anns = []
+    for value in np.unique(label[label > 0]):
+        mask = np.asfortranarray((label == value).astype(np.uint8))
+        area = int(mask.sum())
+        if area < min_area:
+            continue
+        rle = mask_util.encode(mask)
+        anns.append({"image_id": image_id, "category_id": category_id, "iscrowd": 0,
+                     "area": float(area), "bbox": [float(v) for v in mask_util.toBbox(rle)],
+                     "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+    return anns
 
 
 def write_label_images(out_dir: str, converted: tuple) -> None:

@@ -221,6 +221,24 @@ def convert_sartorius(data_dir: str, out_dir: str, split=DEFAULT_SPLIT, seed: in
     return result
 
 
+def split_coco(images: dict, anns: dict, cell_types: dict, split, seed: int, what: str,
+               source: str) -> dict:
+    """{split: COCO dict} of ``images`` ({id: image record}) and their ``anns`` ({id: [ann]}),
+    split by split_images on ``cell_types``; annotation ids 1..n within each split."""
+    parts = split_images(cell_types, split, seed)
+    result = {}
+    for name in SPLITS:
+        chosen = parts[name]
+        split_anns = [a for i in chosen for a in anns[i]]
+        for n, a in enumerate(split_anns, start=1):
+            a["id"] = n
+        result[name] = {"info": {"description": f"{what} ({name} split)", "source": source,
+                                 "split_seed": seed},
+                        "categories": SARTORIUS_CATEGORIES,
+                        "images": [images[i] for i in chosen], "annotations": split_anns}
+    return result
+
+
 def write_splits(out_dir: str, result: dict) -> None:
     """``out_dir/annotations/<split>.json`` for each of SPLITS in ``result``."""
     for name in SPLITS:

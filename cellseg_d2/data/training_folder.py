@@ -16,11 +16,10 @@ import os
 import re
 
 import numpy as np
-import pycocotools.mask as mask_util
 
 from ..utils import atomic_open
-from .image_io import ImageReadError, read_unchanged
-from .sartorius import SARTORIUS_CATEGORIES, SARTORIUS_CLASSES, SPLITS, ConversionError, split_images
+from .label_images import label_annotations, read_pair
+from .sartorius import SARTORIUS_CLASSES, ConversionError, split_coco
 
 CSV_NAME = "cell_types.csv"
 FIELDS = ["image", "cell_type"]
@@ -74,7 +73,7 @@ def append_example(folder: str, name: str, image: np.ndarray, label: np.ndarray,
     Returns the image's file name in the folder."""
     import tifffile
 
-    from ..outputs import write_label_tiff
+    from ..outputs import label_image, write_label_tiff
 
     if cell_type not in SARTORIUS_CLASSES:
         raise ValueError(f"cell type {cell_type!r} is not one of {', '.join(SARTORIUS_CLASSES)}")
@@ -82,8 +81,7 @@ def append_example(folder: str, name: str, image: np.ndarray, label: np.ndarray,
     if label.ndim != 2 or label.shape != image.shape[:2]:
         raise ValueError(f"the label image {label.shape} does not match the image "
                          f"{image.shape[:2]}")
-    if not np.issubdtype(label.dtype, np.integer) or (label.size and label.min() < 0):
-        raise ValueError("a label image holds non-negative integer cell ids")
+    label = label_image(label)
     if not label.any():
         raise ValueError("the label image holds no cell")
     stem = safe_name(name)
@@ -100,26 +98,11 @@ def append_example(folder: str, name: str, image: np.ndarray, label: np.ndarray,
     image_path = os.path.join(folder, "images", file_name)
     with atomic_open(image_path, "wb") as f:
         tifffile.imwrite(f, np.asarray(image), photometric="rgb" if np.ndim(image) == 3 else None)
-    write_label_tiff(os.path.join(folder, "labels", file_name),
-                     label.astype(np.uint16 if label.max() <= 65535 else np.uint32))
+    write_label_tiff(os.path.join(folder, "labels", file_name), label)
     rows = [r for r in rows if r["image"] != file_name] + [{"image": file_name,
                                                            "cell_type": cell_type}]
     _write_rows(folder, rows)
     return file_name
-
-
-def label_annotations(label: np.ndarray, image_id: int, category_id: int, min_area: int) -> list:
-    anns = []
-    for value in np.unique(label[label > 0]):
-        mask = np.asfortranarray((label == value).astype(np.uint8))
-        area = int(mask.sum())
-        if area < min_area:
-            continue
-        rle = mask_util.encode(mask)
-        anns.append({"image_id": image_id, "category_id": category_id, "iscrowd": 0,
-                     "area": float(area), "bbox": [float(v) for v in mask_util.toBbox(rle)],
-                     "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
-    return anns
 
 
 def read_training_folder(folder: str, out_dir: str, split, seed: int = 0,
@@ -134,14 +117,7 @@ def read_training_folder(folder: str, out_dir: str, split, seed: int = 0,
     for n, row in enumerate(rows, start=1):
         image_path = os.path.join(folder, "images", row["image"])
         label_path = os.path.join(folder, "labels", row["image"])
-        try:
-            image = read_unchanged(image_path)
-            label = read_unchanged(label_path)
-        except ImageReadError as e:
-            raise ConversionError(str(e)) from None
-        if label.ndim != 2 or label.shape != image.shape[:2]:
-            raise ConversionError(f"{label_path}: label image {label.shape} does not match "
-                                  f"{image_path} {image.shape[:2]}")
+        image, label = read_pair(image_path, label_path)
         if not np.issubdtype(label.dtype, np.integer):
             raise ConversionError(f"{label_path}: a label image holds integer cell ids, not "
                                   f"{label.dtype}")
@@ -154,16 +130,5 @@ def read_training_folder(folder: str, out_dir: str, split, seed: int = 0,
         if not anns[n]:
             raise ConversionError(f"{label_path}: holds no cell")
         types[n] = row["cell_type"]
-    parts = split_images(types, split, seed)
-    result = {}
-    for name in SPLITS:
-        chosen = parts[name]
-        split_anns = [a for i in chosen for a in anns[i]]
-        for k, a in enumerate(split_anns, start=1):
-            a["id"] = k
-        result[name] = {"info": {"description": f"training folder {os.path.abspath(folder)} "
-                                                f"({name} split)",
-                                 "source": os.path.abspath(folder), "split_seed": seed},
-                        "categories": SARTORIUS_CATEGORIES,
-                        "images": [images[i] for i in chosen], "annotations": split_anns}
-    return result
+    return split_coco(images, anns, types, split, seed,
+                      f"training folder {os.path.abspath(folder)}", os.path.abspath(folder))

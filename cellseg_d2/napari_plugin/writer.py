@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from ..cells import cells_from_label
-from ..outputs import write_label_tiff, write_rois
+from ..outputs import label_image, write_label_tiff, write_rois
 
 
 def roi_path(path: str) -> str:
@@ -22,14 +22,12 @@ def write_labels(path: str, data, attributes: dict) -> list:
     if label.ndim != 2:
         raise ValueError(f"{attributes.get('name', 'the layer')}: a 2-D label image is saved "
                          f"as a label TIFF (this one is {label.ndim}-D)")
-    if not np.issubdtype(label.dtype, np.integer) or (label.size and label.min() < 0):
-        raise ValueError("a label image holds non-negative integer cell ids")
+    label = label_image(label)
     if not path.lower().endswith((".tif", ".tiff")):
         path += ".tif"
     rois = roi_path(path)
     if os.path.exists(rois) and not os.path.exists(path):
         raise ValueError(f"{rois} exists beside no {os.path.basename(path)}; not replaced")
-    label = label.astype(np.uint16 if label.max(initial=0) <= 65535 else np.uint32)
     cells, ids = cells_from_label(label, with_ids=True)
     write_label_tiff(path, label)
     write_rois(rois, cells, ids)
