@@ -31,6 +31,11 @@ def add_yolact_config(cfg):
     # truth also gets its best anchor.
     _C.POS_IOU = 0.5
     _C.NEG_IOU = 0.4
+    # Background anchors centred on a cell's mask with IoU below PART_IOU with that cell (a small
+    # part of a large cell: ~160 per astrocyte against ~11 per cort cell at 0.2) are ignored
+    # instead: as OHEM's hardest negatives they teach the shared head that a large cell's own
+    # texture is background. 0 = off (BENCHMARKS.md, "Why astrocytes are missed").
+    _C.PART_IOU = 0.0
     _C.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # YOLACT's variances 0.1 / 0.2
     _C.SMOOTH_L1_BETA = 1.0
     _C.NEGPOS_RATIO = 3  # OHEM: hardest background anchors per positive

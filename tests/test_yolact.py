@@ -15,7 +15,7 @@ from cellseg_d2.modeling import yolact as yolact_module
 from cellseg_d2.modeling.inference import fast_nms
 from cellseg_d2.modeling.loss import mask_loss, ohem_class_loss
 from cellseg_d2.modeling.masks import paste_masks
-from cellseg_d2.modeling.targets import coverage, match_anchors
+from cellseg_d2.modeling.targets import TargetBuilder, coverage, match_anchors, parts_of_cells
 
 
 def tiny_cfg(**overrides):
@@ -246,6 +246,55 @@ def test_grid_matching_equals_dense_on_real_anchor_layout(seed):
     assert torch.equal(idx[label != 0], expected_idx[label != 0])
     empty_idx, empty_label = match_anchors(Boxes(torch.zeros(0, 4)), anchors, 0.5, 0.4, grid)
     assert (empty_label == 0).all()
+
+
+def test_parts_of_cells_are_small_anchors_centred_on_a_mask():
+    """PART_IOU: an anchor is a part of a cell when its centre pixel is on that cell's mask and
+    its IoU with the cell's box is below the limit; checked against a per-anchor loop over a
+    large cell with a hole, a small one and anchors off the image."""
+    masks = torch.zeros(2, 120, 160, dtype=torch.bool)
+    masks[0, 10:110, 20:120] = True
+    masks[0, 50:70, 60:80] = False  # a hole: anchors centred there are not on the cell
+    masks[1, 30:50, 130:150] = True
+    inst = Instances((120, 160))
+    inst.gt_masks = BitMasks(masks)
+    inst.gt_boxes = Boxes(torch.tensor([[20, 10, 120, 110], [130, 30, 150, 50]], dtype=torch.float32))
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(3000, 2, generator=g) * torch.tensor([200.0, 160.0]) - 20
+    anchors = Boxes(torch.cat([xy, xy + 4 + torch.rand(3000, 2, generator=g) * 90], 1))
+    part = parts_of_cells(inst, anchors, 0.2)
+    ious = pairwise_iou(inst.gt_boxes, anchors)
+    expected = torch.zeros(3000, dtype=torch.bool)
+    for r, (x0, y0, x1, y1) in enumerate(anchors.tensor.tolist()):
+        cx, cy = math.floor((x0 + x1) / 2), math.floor((y0 + y1) / 2)
+        if 0 <= cx < 160 and 0 <= cy < 120:
+            expected[r] = any(masks[k, cy, cx] and ious[k, r] < 0.2 for k in range(2))
+    assert 50 < int(part.sum()) < 2950
+    assert torch.equal(part, expected)
+
+
+def test_part_iou_turns_background_parts_into_ignored_anchors():
+    """With PART_IOU, background anchors on a cell become ignored; positives stay positive and
+    anchors off every cell stay background. PART_IOU 0 gives the plain matching."""
+    masks = torch.zeros(1, 128, 128, dtype=torch.bool)
+    masks[0, 8:120, 8:120] = True
+    inst = Instances((128, 128))
+    inst.gt_masks = BitMasks(masks)
+    inst.gt_boxes = Boxes(torch.tensor([[8.0, 8.0, 120.0, 120.0]]))
+    inst.gt_classes = torch.tensor([1])
+    model = build_model(tiny_cfg())
+    strides = model.anchor_generator.strides
+    feats = [torch.zeros(1, 1, -(-128 // s), -(-128 // s)) for s in strides]
+    anchors = Boxes.cat(model.anchor_generator(feats))
+    grid = [(f.shape[-2], f.shape[-1], s) for f, s in zip(feats, strides)]
+    args = (3, model.box2box_transform, 0.5, 0.4, 100, 4, 8)
+    plain = TargetBuilder(*args)([inst], anchors, grid, (128, 128)).classes[0]
+    parts = TargetBuilder(*args, part_iou=0.2)([inst], anchors, grid, (128, 128)).classes[0]
+    on_part = parts_of_cells(inst, anchors, 0.2)
+    assert torch.equal(plain == 1, parts == 1) and (plain == 1).any()
+    changed = plain != parts
+    assert changed.any() and torch.equal(changed, on_part & (plain == 3))
+    assert (parts[changed] == -1).all()
 
 
 def test_gt_mask_targets_are_coverage_fractions():

@@ -3,7 +3,7 @@ mask targets of the anchors whose masks are trained, semantic-segmentation targe
 from dataclasses import dataclass
 
 import torch
-from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks, pairwise_iou
 from detectron2.structures.boxes import matched_pairwise_iou
 
 from ..box_windows import box_windows
@@ -128,6 +128,26 @@ def match_anchors(gt_boxes: Boxes, anchors: Boxes, pos_iou: float, neg_iou: floa
     return best_gt, label
 
 
+def parts_of_cells(inst: Instances, anchors: Boxes, part_iou: float) -> torch.Tensor:
+    """(R,) bool: anchors whose centre lies on a ground-truth mask and whose IoU with that cell
+    is below ``part_iou``."""
+    masks = inst.gt_masks
+    if isinstance(masks, PolygonMasks):
+        masks = BitMasks.from_polygon_masks(masks, *inst.image_size)
+    t = masks.tensor
+    h, w = t.shape[1:]
+    centres = anchors.get_centers().floor().long()
+    cx, cy = centres[:, 0], centres[:, 1]
+    inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+    on_cell = t[:, cy.clamp(0, h - 1), cx.clamp(0, w - 1)] & inside  # (G, R)
+    near = on_cell.any(dim=0).nonzero().squeeze(1)
+    part = torch.zeros(len(anchors), dtype=torch.bool, device=t.device)
+    if len(near):
+        ious = pairwise_iou(inst.gt_boxes, anchors[near])
+        part[near] = (on_cell[:, near] & (ious < part_iou)).any(dim=0)
+    return part
+
+
 def coverage(inst: Instances, padded_hw, stride: int) -> torch.Tensor:
     """Ground-truth masks as (n, H/stride, W/stride) coverage fractions over the padded
     image: each pixel is the share of its stride x stride block inside the cell.
@@ -162,17 +182,20 @@ class TargetBuilder:
     """Builds ``Targets`` for a batch (see Yolact.forward)."""
 
     def __init__(self, num_classes, box2box_transform, pos_iou, neg_iou, masks_to_train,
-                 proto_stride: int, semantic_stride: int):
+                 proto_stride: int, semantic_stride: int, part_iou: float = 0.0):
         self.num_classes = num_classes
         self.box2box_transform = box2box_transform
         self.pos_iou, self.neg_iou = pos_iou, neg_iou
         self.masks_to_train = masks_to_train
         self.proto_stride, self.semantic_stride = proto_stride, semantic_stride
+        self.part_iou = part_iou
 
     def __call__(self, gt: list, anchors: Boxes, grid, padded_hw) -> Targets:
         classes, deltas, matched = [], [], []
         for inst in gt:
             idx, label = match_anchors(inst.gt_boxes, anchors, self.pos_iou, self.neg_iou, grid)
+            if self.part_iou > 0 and len(inst):
+                label[(label == 0) & parts_of_cells(inst, anchors, self.part_iou)] = IGNORE
             cls = torch.full_like(label, self.num_classes)
             if len(inst):
                 cls = torch.where(label == 1, inst.gt_classes[idx], cls)

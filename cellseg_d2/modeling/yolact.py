@@ -65,7 +65,7 @@ class Yolact(DenseDetector):
         self.box2box_transform = Box2BoxTransform(weights=tuple(y.BBOX_REG_WEIGHTS))
         self.build_targets = TargetBuilder(y.NUM_CLASSES, self.box2box_transform, y.POS_IOU,
                                            y.NEG_IOU, y.MASKS_TO_TRAIN, int(self.proto_stride),
-                                           proto_in.stride)
+                                           proto_in.stride, y.PART_IOU)
         self.negpos_ratio = y.NEGPOS_RATIO
         self.smooth_l1_beta = y.SMOOTH_L1_BETA
         self.loss_weights = {"loss_cls": y.CLASS_LOSS_WEIGHT, "loss_box": y.BOX_LOSS_WEIGHT,
