@@ -34,7 +34,8 @@ def add_yolact_config(cfg):
     # Background anchors centred on a cell's mask with IoU below PART_IOU with that cell (a small
     # part of a large cell: ~160 per astrocyte against ~11 per cort cell at 0.2) are ignored
     # instead: as OHEM's hardest negatives they teach the shared head that a large cell's own
-    # texture is background. 0 = off (BENCHMARKS.md, "Why astrocytes are missed").
+    # texture is background. 0 = off (BENCHMARKS.md, "Astrocytes: background anchors on the
+    # cell"; not better at 45 minutes, one core).
     _C.PART_IOU = 0.0
     _C.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # YOLACT's variances 0.1 / 0.2
     _C.SMOOTH_L1_BETA = 1.0

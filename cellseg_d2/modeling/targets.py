@@ -128,13 +128,18 @@ def match_anchors(gt_boxes: Boxes, anchors: Boxes, pos_iou: float, neg_iou: floa
     return best_gt, label
 
 
-def parts_of_cells(inst: Instances, anchors: Boxes, part_iou: float) -> torch.Tensor:
-    """(R,) bool: anchors whose centre lies on a ground-truth mask and whose IoU with that cell
-    is below ``part_iou``."""
+def mask_tensor(inst: Instances) -> torch.Tensor:
+    """The ground-truth masks as an (n, H, W) bool tensor (polygons rasterised)."""
     masks = inst.gt_masks
     if isinstance(masks, PolygonMasks):
         masks = BitMasks.from_polygon_masks(masks, *inst.image_size)
-    t = masks.tensor
+    return masks.tensor
+
+
+def parts_of_cells(inst: Instances, anchors: Boxes, part_iou: float) -> torch.Tensor:
+    """(R,) bool: anchors whose centre lies on a ground-truth mask and whose IoU with that cell
+    is below ``part_iou``."""
+    t = mask_tensor(inst)
     h, w = t.shape[1:]
     centres = anchors.get_centers().floor().long()
     cx, cy = centres[:, 0], centres[:, 1]
@@ -155,10 +160,7 @@ def coverage(inst: Instances, padded_hw, stride: int) -> torch.Tensor:
     Soft targets keep sub-pixel edges (prototypes are at stride 4, a cell is ~15 px across).
     Block sums are taken only inside each cell's box (widened by a pixel), so the work follows
     the cells, not n x H x W."""
-    masks = inst.gt_masks
-    if isinstance(masks, PolygonMasks):
-        masks = BitMasks.from_polygon_masks(masks, *inst.image_size)
-    t = masks.tensor
+    t = mask_tensor(inst)
     n, h, w = t.shape
     ph, pw = padded_hw[0] // stride, padded_hw[1] // stride
     out = torch.zeros((n, ph, pw), device=t.device)
