@@ -19,7 +19,8 @@
    without it, float32) and shares the remaining time (--pretrain-share of it to pretraining;
    re-planned after pretraining) between pretraining on the synthetic images and fine-tuning
    on the real training images; each stage has a wall-time limit (SOLVER.MAX_SECONDS), so
-   the budget holds;
+   the budget holds; a budget too small for one iteration of each stage after the
+   calibrations is refused, naming the budget that would do (cellseg_d2/budget.py);
 4. evaluates on the real validation images and prints the per-class table.
 
 --synthetic-only makes a starting model for a user who has no annotations yet (`make
@@ -44,6 +45,7 @@ import time
 
 from detectron2.evaluation.testing import flatten_results_dict
 
+from cellseg_d2 import budget as budget_plan
 from cellseg_d2.data.coco_input import read_coco_export
 from cellseg_d2.data.label_images import read_label_images, write_label_images
 from cellseg_d2.data.sartorius import (
@@ -277,7 +279,7 @@ def main(argv=None):
     with run_in_place(out, TOOL):
         try:
             return train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed)
-        except (CalibrationError, RuntimeError) as e:
+        except (CalibrationError, budget_plan.BudgetError, RuntimeError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
 
@@ -327,10 +329,8 @@ def train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed):
     if args.synthetic_only:
         return train_synthetic_only(args, inputs, out, config, data_root, budget, elapsed, s_it,
                                     startup, pretrain_sets, common, amp, why)
-    left = budget - elapsed() - eval_reserve - 2 * startup
-    pre = (max(1, int(left * args.pretrain_share / (s_it["synthetic"] * 1.02)))
-           if args.pretrain_share > 0 else 0)
-    fine = max(1, int((left - pre * s_it["synthetic"]) / (s_it["real"] * 1.02)))
+    spent = elapsed() + eval_reserve
+    pre, fine = budget_plan.plan(budget - spent, s_it, startup, args.pretrain_share, spent)
     print(f"[{elapsed():5.0f} s] {s_it['synthetic']:.2f} s/it on synthetic, "
           f"{s_it['real']:.2f} s/it on real images on this machine ({startup:.0f} s start-up "
           f"per stage, {eval_reserve:.0f} s kept for the evaluation): {pre} iterations on "
@@ -345,16 +345,10 @@ def train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed):
                            *common], data_root, os.path.join(out, "pretrain.log"))
         weights = os.path.join(out, "pretrain", "model_final.pth")
         stopped["pretrain"] = time_limit_iter(os.path.join(out, "pretrain", "metrics.json"))
-        # Re-plan with the time actually left, and the real images' s/it scaled by how far the
-        # pretraining's own s/it was from its calibration (both were timed in the same
-        # conditions; a longer run on a busy machine drifts the same way). Faster than
-        # calibrated counts down to 0.9x: bfloat16 iterations speed up over the first ~50 (to
-        # ~0.8x the 6 calibrated on one core), float32 ones drift by +-5%.
+        # Re-planned with the time actually left and the pretraining's measured speed.
         drift = seconds_per_iteration(os.path.join(out, "pretrain", "metrics.json")) \
             / s_it["synthetic"]
-        drift = drift if drift == drift else 1.0  # NaN: pretraining too short to log a time
-        left = budget - elapsed() - eval_reserve - startup
-        fine = max(1, int(left / (s_it["real"] * max(drift, 0.9) * 1.02)))
+        fine = budget_plan.replan(budget - elapsed() - eval_reserve, s_it["real"], drift, startup)
         print(f"[{elapsed():5.0f} s] pretrained -> {weights}; {fine} iterations on the "
               f"real images")
     # The fine-tune stops where the budget (less the evaluation) ends, should it run slower
@@ -375,8 +369,8 @@ def train_synthetic_only(args, inputs, out, config, data_root, budget, elapsed, 
     (a model folder like any other); then, past the budget, evaluated on every image of --data
     where --data is there (the model's measured worth on real cells, not part of making it)."""
     evaluate = inputs["real"] is not None
-    left = budget - elapsed() - startup
-    pre = max(1, int(left / (s_it["synthetic"] * 1.02)))
+    pre = budget_plan.plan_synthetic_only(budget - elapsed(), s_it["synthetic"], startup,
+                                          elapsed())
     print(f"[{elapsed():5.0f} s] {s_it['synthetic']:.2f} s/it on synthetic images on this "
           f"machine: {pre} iterations" + (f", then evaluated on the {args.data} images (after "
                                            f"the budget)" if evaluate else ""))
