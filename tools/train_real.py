@@ -310,7 +310,8 @@ def train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed):
         return s_it
 
     stages = (("synthetic", pretrain_sets),) if args.synthetic_only else \
-        (("synthetic", pretrain_sets), ("real", "('real_train',)"))
+        (("synthetic", pretrain_sets), ("real", "('real_train',)"))[
+            0 if args.pretrain_share > 0 else 1:]
     timed_stage, timed_sets = stages[-1]  # the precision is chosen on the last stage's data
     amp, why, timed = choose_precision(args.precision, native_bfloat16(), lambda: {
         a: timed_calibration(timed_stage, timed_sets, a, f"calibration_{timed_stage}_amp_{a}")
@@ -331,10 +332,10 @@ def train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed):
                                     startup, pretrain_sets, common, amp, why)
     spent = elapsed() + eval_reserve
     pre, fine = budget_plan.plan(budget - spent, s_it, startup, args.pretrain_share, spent)
-    print(f"[{elapsed():5.0f} s] {s_it['synthetic']:.2f} s/it on synthetic, "
-          f"{s_it['real']:.2f} s/it on real images on this machine ({startup:.0f} s start-up "
-          f"per stage, {eval_reserve:.0f} s kept for the evaluation): {pre} iterations on "
-          f"synthetic images, {fine} on the real ones")
+    timed_on = f"{s_it['synthetic']:.2f} s/it on synthetic, " if pre else ""
+    print(f"[{elapsed():5.0f} s] {timed_on}{s_it['real']:.2f} s/it on real images on this "
+          f"machine ({startup:.0f} s start-up per stage, {eval_reserve:.0f} s kept for the "
+          f"evaluation): {pre} iterations on synthetic images, {fine} on the real ones")
 
     weights, stopped = "", {}
     if pre:
@@ -440,8 +441,9 @@ def report(out, wall, s_it, pre, fine, args, amp, why, stopped, evaluation=None)
     for name, v in table.items():
         kaggle = final.get(f"kaggle/score-{name}", float("nan"))
         print(f"{name:8s} {v['AP']:6.1f} {v['AP50']:6.1f} {v['AP75']:6.1f} {kaggle:7.1f}")
-    stages = f"{pre} iterations at {s_it['synthetic']:.2f} s/it" + (
-        f" + {fine} at {s_it['real']:.2f} s/it" if fine else " on synthetic images only")
+    stages = " + ".join(
+        ([f"{pre} iterations at {s_it['synthetic']:.2f} s/it"] if pre else []) +
+        ([f"{fine} at {s_it['real']:.2f} s/it"] if fine else ["on synthetic images only"]))
     print(f"wall time {wall / 60:.1f} min ({stages}, as calibrated, {PRECISION_NAMES[amp]}); "
           f"model: {out}/model_final.pth, config: {out}/config.yaml")
     for stage, it in stopped.items():
