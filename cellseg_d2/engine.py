@@ -2,25 +2,30 @@
 keeps up to TEST.DETECTIONS_PER_IMAGE (1000) detections per image, and the Kaggle metric, and a
 wall-time limit (SOLVER.MAX_SECONDS). Runs as N processes on CPUs too (gloo;
 `tools/train_net.py --num-gpus N`)."""
-import contextlib
-import functools
 import logging
 import os
 import sys
 import time
 import weakref
-from unittest import mock
 
 import detectron2.data.transforms as T
 import numpy as np
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, defaults
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    HookBase,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+)
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.modeling import DatasetMapperTTA, GeneralizedRCNNWithTTA
 from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from .checkpoint import FittingCheckpointer
 from .config import inference_scale
@@ -143,28 +148,36 @@ class CPUAutocastTrainer(SimpleTrainer):
         self.optimizer.step()
 
 
-@contextlib.contextmanager
-def cpu_training(cfg):
-    """Detectron2's create_ddp_model passes device_ids=[local rank], which DDP refuses for a
-    model on the CPU; there it must be None. Its AMPTrainer needs CUDA: on the CPU,
-    SOLVER.AMP.ENABLED takes CPUAutocastTrainer instead."""
-    if not cfg.MODEL.DEVICE.startswith("cpu"):
-        yield
-        return
-    ddp = functools.partial(defaults.create_ddp_model, device_ids=None)
-    with mock.patch.object(defaults, "create_ddp_model", ddp), \
-            mock.patch.object(defaults, "AMPTrainer", CPUAutocastTrainer):
-        yield
-
-
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        with cpu_training(cfg):
-            super().__init__(cfg)
-        # Loads (MODEL.WEIGHTS, --resume) refuse a checkpoint that does not fit; saving is
-        # unchanged (the checkpoint hook keeps the checkpointer it was built with).
-        self.checkpointer = FittingCheckpointer(self._trainer.model, cfg.OUTPUT_DIR,
-                                                fine_tune=True, trainer=weakref.proxy(self))
+        """DefaultTrainer's construction, in its order, with two choices it makes for CUDA made
+        for the device: DistributedDataParallel gets device_ids=None for a model on the CPU
+        (Detectron2's create_ddp_model passes [local rank], which DDP refuses there), and
+        SOLVER.AMP.ENABLED on the CPU takes CPUAutocastTrainer (its AMPTrainer is CUDA's
+        float16 with a gradient scaler). Loads (MODEL.WEIGHTS, --resume) refuse a checkpoint
+        that does not fit (FittingCheckpointer)."""
+        TrainerBase.__init__(self)
+        logger = logging.getLogger("detectron2")
+        if not logger.isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = cfg.MODEL.DEVICE.startswith("cpu")
+        model = create_ddp_model(model, broadcast_buffers=False,
+                                 **({"device_ids": None} if on_cpu else {}))
+        loop = SimpleTrainer
+        if cfg.SOLVER.AMP.ENABLED:
+            loop = CPUAutocastTrainer if on_cpu else AMPTrainer
+        self._trainer = loop(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = FittingCheckpointer(model, cfg.OUTPUT_DIR, fine_tune=True,
+                                                trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
         hooks = super().build_hooks()

@@ -7,11 +7,9 @@ pycocotools' Python evaluateImg (COCOevalMaxDets), seconds per image at ~1000 de
 faster-coco-eval's C++ COCOeval gives the same precision arrays (tests/test_coco_eval.py) and
 reads AP at the last maxDets, as COCOevalMaxDets does; so does the per-class table here.
 """
-import contextlib
 import csv
-import functools
+import json
 import os
-from unittest import mock
 
 import numpy as np
 from detectron2.evaluation import COCOEvaluator, coco_evaluation
@@ -138,16 +136,6 @@ def per_class_agnostic(coco_eval, class_names) -> dict:
     return table
 
 
-def _detectron2_call(coco_gt, coco_results, iou_type, kpt_oks_sigmas=None, cocoeval_fn=None,
-                     img_ids=None, max_dets_per_image=None, area_bands=COCO_AREA_BANDS,
-                     use_cats=True):
-    """evaluate_coco with the signature of Detectron2's _evaluate_predictions_on_coco."""
-    if iou_type not in ("bbox", "segm"):
-        raise ValueError(f"CellCOCOEvaluator scores bbox and segm, not {iou_type}")
-    return evaluate_coco(coco_gt, coco_results, iou_type, max_dets_per_image or (1, 10, 100),
-                         img_ids, area_bands, use_cats)
-
-
 class CellCOCOEvaluator(COCOEvaluator):
     """Adds "<metric>-<class>" entries for every metric, and "AR@<maxDets>" for each maxDets,
     and writes per_class_{bbox,segm}.{json,csv} in the output folder. Scores with
@@ -179,12 +167,38 @@ class CellCOCOEvaluator(COCOEvaluator):
                 self._predictions.append(prediction)
 
     def _eval_predictions(self, predictions, img_ids=None):
-        patch = mock.patch.object(coco_evaluation, "_evaluate_predictions_on_coco",
-                                  functools.partial(_detectron2_call,
-                                                    area_bands=self._area_bands,
-                                                    use_cats=not self._class_agnostic))
-        with patch if self._use_faster else contextlib.nullcontext():
-            super()._eval_predictions(predictions, img_ids)
+        """COCOEvaluator's, scored by evaluate_coco (faster-coco-eval at every maxDets, the area
+        bands, per class or class-agnostic): results mapped back to the dataset's category
+        ids, written to coco_instances_results.json, then each task evaluated."""
+        if not self._use_faster:
+            return super()._eval_predictions(predictions, img_ids)
+        coco_results = [r for p in predictions for r in p.get("instances", ())]
+        tasks = self._tasks or self._tasks_from_predictions(coco_results)
+        unknown = set(tasks) - {"bbox", "segm"}
+        if unknown:
+            raise ValueError(f"CellCOCOEvaluator scores bbox and segm, not {sorted(unknown)}")
+        to_dataset = self._metadata.get("thing_dataset_id_to_contiguous_id")
+        if to_dataset:
+            reverse = {v: k for k, v in to_dataset.items()}
+            for r in coco_results:
+                if r["category_id"] not in reverse:
+                    raise ValueError(f"a prediction has class {r['category_id']}, but the "
+                                     f"dataset has {len(reverse)} classes")
+                r["category_id"] = reverse[r["category_id"]]
+        if self._output_dir:
+            path = os.path.join(self._output_dir, "coco_instances_results.json")
+            self._logger.info(f"Saving results to {path}")
+            with atomic_open(path, "w") as f:
+                json.dump(coco_results, f)
+        if not self._do_evaluation:
+            self._logger.info("Annotations are not available for evaluation.")
+            return
+        for task in sorted(tasks):
+            coco_eval = evaluate_coco(
+                self._coco_api, coco_results, task, self._max_dets_per_image, img_ids,
+                self._area_bands, not self._class_agnostic) if coco_results else None
+            self._results[task] = self._derive_coco_results(
+                coco_eval, task, class_names=self._metadata.get("thing_classes"))
 
     def _no_detection_precision(self):
         """COCOeval's precision array (and IoU thresholds) when the model detects nothing at
