@@ -6,13 +6,14 @@ import sys
 import tempfile
 import time
 
-import benchmark
+import benchmark_common
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import cellseg_d2  # noqa: F401
 from cellseg_d2.config import load_cfg
+from cellseg_d2.data.datasets import register_kaggle_coco
 from cellseg_d2.data.mapper import CellDatasetMapper
 from cellseg_d2.data.sartorius import convert_sartorius
 from cellseg_d2.data.synthetic import generate_dataset
@@ -31,8 +32,12 @@ def eval_cost(args) -> dict:
         generate_dataset(data, images_per_type=args.eval_images, cell_types=("shsy5y",),
                          seed=1, progress=False)
         convert_sartorius(data, data, split=(0, args.eval_images, 0), progress=False)
-        os.environ["CELLSEG_DATASETS"] = root
-        records = DatasetCatalog.get("synthetic_val")
+        dataset = "benchmark_eval_synthetic"  # its own dataset: no process-wide data root
+        if dataset in DatasetCatalog.list():
+            DatasetCatalog.remove(dataset)
+            MetadataCatalog.remove(dataset)
+        register_kaggle_coco(dataset, "synthetic", "val", "", data_root=root)
+        records = DatasetCatalog.get(dataset)
         for n in [int(v) for v in args.eval_dets.split(",")]:
             print(f"  evaluation at {n} detections/image ...", file=sys.stderr, flush=True)
             # Every detection counts for the Kaggle metric too (worst case: n overlapping masks).
@@ -40,7 +45,8 @@ def eval_cost(args) -> dict:
                                                 "TEST.INSTANCE_SCORE_THRESH", "-1.0",
                                                 "TEST.DETECTIONS_PER_IMAGE", str(n),
                                                 "MODEL.DEVICE", args.device])
-            _, model = benchmark.build("yolact", args.yolact_config, args.yolact_weights, n, args.device)
+            _, model = benchmark_common.build("yolact", args.yolact_config, args.yolact_weights,
+                                              n, args.device)
             mapper = CellDatasetMapper(cfg, is_train=False)
             with torch.no_grad():
                 outputs = [(r, model([mapper(r)])[0]) for r in records]
@@ -50,7 +56,7 @@ def eval_cost(args) -> dict:
             found = {}
             for path in ("detectron2", "cellseg_d2"):
                 coco, kaggle = build_cell_evaluator(
-                    cfg, "synthetic_val", os.path.join(root, f"eval_{n}_{path}"))._evaluators
+                    cfg, dataset, os.path.join(root, f"eval_{n}_{path}"))._evaluators
                 coco._use_faster = path == "cellseg_d2"
                 for name, ev in [("coco", coco)] + [("kaggle", kaggle)] * (path == "cellseg_d2"):
                     ev.reset()

@@ -7,7 +7,7 @@ import statistics
 import sys
 import time
 
-import benchmark
+import benchmark_common
 import torch
 
 
@@ -69,13 +69,13 @@ def train_step(args) -> dict:
         for malloc, workers, precision in settings + [("kept", 0, "bfloat16")]:
             print(f"measuring training steps: malloc {malloc}, {workers} loader workers, "
                   f"{precision} ...", file=sys.stderr, flush=True)
-            rows.append(benchmark.run_subprocess(args, [
+            rows.append(benchmark_common.run_subprocess(args, [
                 "--model", "train", "--malloc", malloc, "--workers", str(workers),
                 "--precision", precision], env))
     base = next(r for r in rows if r["malloc"] == "default" and r["workers"] == 1)
     for r in rows:
         r["speedup"] = base["median_s"] / r["median_s"]
-    return {"machine": benchmark.machine(), "device": args.device, "threads": args.threads,
+    return {"machine": benchmark_common.machine(), "device": args.device, "threads": args.threads,
             "repeats": args.repeats, "warmup": args.warmup, "config": args.yolact_config,
             "train_step": rows}
 

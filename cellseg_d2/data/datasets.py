@@ -50,11 +50,13 @@ def _require(name: str, path: str, hint: str) -> str:
     return path
 
 
-def register_kaggle_coco(name: str, subdir: str, split: str, hint: str) -> None:
+def register_kaggle_coco(name: str, subdir: str, split: str, hint: str,
+                         data_root: str = None) -> None:
     """A COCO JSON written by the Sartorius converter: file names are relative to its dataset
-    folder, category ids 1..3 in SARTORIUS_CLASSES order."""
+    folder, category ids 1..3 in SARTORIUS_CLASSES order; under ``data_root`` (default: the
+    data root when the dataset is loaded)."""
     def load():
-        root = os.path.join(datasets_root(), subdir)
+        root = os.path.join(data_root or datasets_root(), subdir)
         json_file = _require(name, os.path.join(root, "annotations", f"{split}.json"), hint)
         MetadataCatalog.get(name).set(json_file=json_file, image_root=root)
         return load_coco_json(json_file, root, name)
