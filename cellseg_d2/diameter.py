@@ -31,7 +31,7 @@ def median_diameter(areas) -> float:
 def annotation_areas(dataset_dicts) -> list:
     """(contiguous class id, mask area px^2) of every non-crowd annotation of Detectron2
     dataset dicts."""
-    from .data.mapper import annotation_rles
+    from .data.segmentation import annotation_rles
 
     areas = []
     for d in dataset_dicts:

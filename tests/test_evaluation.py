@@ -245,3 +245,27 @@ def test_cell_evaluator_equals_detectron2s_own(tiny_synthetic, tmp_path, monkeyp
     for a, b in zip(results["cell_file"], results["detectron2_file"]):
         assert a["category_id"] == b["category_id"] and a["score"] == pytest.approx(b["score"])
         assert mask_util.area(a["segmentation"]) == mask_util.area(b["segmentation"])
+
+
+def test_score_image_leaves_crowd_regions_out():
+    """The one per-image Kaggle scoring (evaluator, tools/evaluate.py, visualize_samples):
+    ground truth of polygons and RLEs, crowd regions left out, per class by category id."""
+    from cellseg_d2.cells import cells_from_label
+    from cellseg_d2.evaluation.kaggle_metric import score_image
+
+    h, w = 40, 50
+    label = np.zeros((h, w), np.int32)
+    label[2:12, 2:12], label[20:30, 20:34], label[5:15, 30:45] = 1, 2, 3
+    rle = mask_util.encode(np.asfortranarray((label == 2).astype(np.uint8)))
+    anns = [{"segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]], "category_id": 0},
+            {"segmentation": rle, "category_id": 1},
+            {"segmentation": [[0, 30, 10, 30, 10, 39, 0, 39]], "category_id": 1, "iscrowd": 1}]
+    cells = cells_from_label(label)
+    for c, k in zip(cells, (0, 1, 0)):
+        c.cls = k
+    score, by_class = score_image(anns, h, w, cells)
+    gt = [mask_util.merge(mask_util.frPyObjects(anns[0]["segmentation"], h, w)), rle]
+    pred = [mask_util.encode(np.asfortranarray((label == i).astype(np.uint8))) for i in (1, 2, 3)]
+    assert score == pytest.approx(rle_score(gt, pred)) and 0 < score < 1
+    assert by_class[1] == 1.0  # the crowd region would have been a missed class-1 cell
+    assert by_class[0] == pytest.approx(rle_score(gt[:1], [pred[0], pred[2]]))

@@ -23,8 +23,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import cellseg_d2  # noqa: F401  (registers datasets)
 from cellseg_d2.data.datasets import datasets_root
-from cellseg_d2.data.mapper import annotation_rles
 from cellseg_d2.data.sartorius import class_statistics, convert_sartorius, format_statistics
+from cellseg_d2.data.segmentation import annotation_rles
 from cellseg_d2.data.synthetic import generate_dataset
 from cellseg_d2.run_folder import OutputFolderError, check_output_dir, run_in_place
 

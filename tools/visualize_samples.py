@@ -23,13 +23,13 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 import cellseg_d2  # noqa: F401
-from cellseg_d2.cells import cells_from_instances, coco_rle, paint_labels
+from cellseg_d2.cells import cells_from_instances, paint_labels
 from cellseg_d2.checkpoint import FittingCheckpointer, check_weights
 from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.data.datasets import DatasetMissingError
 from cellseg_d2.data.image_io import read_image
-from cellseg_d2.data.mapper import CellDatasetMapper, annotation_rles
-from cellseg_d2.evaluation.kaggle_metric import rle_score
+from cellseg_d2.data.mapper import CellDatasetMapper
+from cellseg_d2.evaluation.kaggle_metric import score_image
 from cellseg_d2.outputs import overlay, write_image
 from cellseg_d2.run_folder import OutputFolderError, check_output_dir, staged_run
 from cellseg_d2.utils import atomic_open
@@ -83,9 +83,7 @@ def main(argv=None):
             inst = model([mapper(record)])[0]["instances"].to("cpu")
             _, cells = paint_labels(cells_from_instances(inst, cfg.TEST.INSTANCE_SCORE_THRESH),
                                     (h, w))
-            gt = annotation_rles([a for a in record["annotations"] if not a.get("iscrowd", 0)],
-                                 h, w)  # as the Kaggle metric scores
-            scored.append((rle_score(gt, [coco_rle(c, h, w) for c in cells]), record, cells))
+            scored.append((score_image(record["annotations"], h, w, cells)[0], record, cells))
     scored.sort(key=lambda t: -t[0])
     k = min(args.num, len(scored))
     picks = [("best", i + 1, scored[i]) for i in range(k)]

@@ -17,6 +17,7 @@ from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 
 from ..config import inference_scale
 from .image_io import read_image
+from .segmentation import annotation_rles
 
 
 class TransposeTransform(T.Transform):
@@ -111,20 +112,6 @@ def build_augmentations(cfg, is_train: bool):
     if cfg.INPUT.TRANSPOSE:
         augs.append(RandomTranspose())
     return augs
-
-
-def annotation_rles(annotations, height: int, width: int) -> list:
-    """COCO RLEs of annotations whose segmentation is RLE, uncompressed RLE or polygons."""
-    rles = []
-    for a in annotations:
-        seg = a["segmentation"]
-        if isinstance(seg, list):
-            rles.append(mask_util.merge(mask_util.frPyObjects(seg, height, width)))
-        elif isinstance(seg["counts"], list):
-            rles.append(mask_util.frPyObjects(seg, height, width))
-        else:
-            rles.append(seg)
-    return rles
 
 
 def decode_masks(annotations, height: int, width: int) -> np.ndarray:

@@ -22,8 +22,8 @@ from ..data.coco_checks import (
 )
 from ..data.coco_input import read_coco, read_json
 from ..data.image_io import ImageReadError, read_unchanged
-from ..data.mapper import annotation_rles
-from .kaggle_metric import score_cells
+from ..data.segmentation import annotation_rles
+from .kaggle_metric import score_image
 from .per_class import (
     COCO_AREA_BANDS,
     METRICS,
@@ -341,9 +341,6 @@ def kaggle_metric(gt, results: list, score_thresh: float, names: list) -> dict:
     overall, per_class = [], {c: [] for c in cat_ids}
     for img in gt.loadImgs(sorted(gt.getImgIds())):
         h, w = img["height"], img["width"]
-        anns = [a for a in gt.loadAnns(gt.getAnnIds(imgIds=[img["id"]])) if not a["iscrowd"]]
-        gt_rles = annotation_rles(anns, h, w)
-        gt_cats = np.array([a["category_id"] for a in anns], np.int64)
         cells = []
         for r in by_image.get(img["id"], []):
             cut = tight(rle_mask(r["segmentation"], h, w), 0, 0)
@@ -351,7 +348,8 @@ def kaggle_metric(gt, results: list, score_thresh: float, names: list) -> dict:
                 cells.append(Cell(cut[1], cut[2], cut[0], float(r["score"]), r["category_id"],
                                   np.zeros(4)))
         _, cells = paint_labels(cells, (h, w))
-        score, by_class = score_cells(gt_rles, gt_cats, cells, h, w)
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=[img["id"]]))
+        score, by_class = score_image(anns, h, w, cells)
         overall.append(score)
         for c, s in by_class.items():
             per_class[c].append(s)

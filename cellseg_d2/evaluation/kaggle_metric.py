@@ -17,7 +17,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from ..cells import cells_from_instances, coco_rle, paint_labels
-from ..data.mapper import annotation_rles
+from ..data.segmentation import annotation_rles
 
 THRESHOLDS = np.arange(0.5, 0.96, 0.05)
 
@@ -56,6 +56,15 @@ def score_cells(gt_rles: list, gt_classes, cells: list, height: int, width: int)
     return rle_score(gt_rles, pred_rles), per_class
 
 
+def score_image(annotations: list, height: int, width: int, cells: list):
+    """Kaggle score of one image: its ground-truth ``annotations`` (COCO segmentations; crowd
+    regions left out, as the competition has none) against its non-overlapping predicted
+    ``cells`` (cells.paint_labels): (score, {class: score}) as score_cells."""
+    anns = [a for a in annotations if not a.get("iscrowd", 0)]
+    return score_cells(annotation_rles(anns, height, width),
+                       [a["category_id"] for a in anns], cells, height, width)
+
+
 class KaggleMetricEvaluator(DatasetEvaluator):
     """Scores detections above ``score_thresh`` (the competition scores every submitted mask,
     so low-score detections that AP tolerates count as false positives here). With several
@@ -77,15 +86,12 @@ class KaggleMetricEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             record = self._gt[inp["image_id"]]
-            anns = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
-            gt_rles = annotation_rles(anns, record["height"], record["width"])
-            gt_classes = np.array([a["category_id"] for a in anns], dtype=np.int64)
             height, width = record["height"], record["width"]
             # box-local: no (n, H, W) copies however many detections there are
             _, cells = paint_labels(cells_from_instances(out["instances"].to("cpu"),
                                                          self._score_thresh), (height, width))
             self._scores.append((inp["image_id"],
-                                 *score_cells(gt_rles, gt_classes, cells, height, width)))
+                                 *score_image(record["annotations"], height, width, cells)))
 
     def evaluate(self):
         scores = self._scores
