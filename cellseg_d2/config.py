@@ -47,7 +47,8 @@ def add_yolact_config(cfg):
     # Masks trained per image (random subset of positives); the reference uses 100, cell
     # images have up to ~800 cells.
     _C.MASKS_TO_TRAIN = 300
-    # Inference.
+    # Inference keeps detections above SCORE_THRESH_TEST (COCO AP ranks them all); of those,
+    # TEST.INSTANCE_SCORE_THRESH picks the ones written out as cells.
     _C.SCORE_THRESH_TEST = 0.05
     _C.NMS_THRESH_TEST = 0.5
     _C.TOPK_CANDIDATES_TEST = 2000  # per class, before Fast NMS

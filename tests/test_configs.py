@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
 from detectron2.modeling import build_model
 
 import cellseg_d2  # noqa: F401
@@ -137,3 +138,42 @@ def test_amp_on_cpu_trains_in_bfloat16(tiny_synthetic, tmp_path, monkeypatch):
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
     assert metrics and all(np.isfinite(m["total_loss"]) for m in metrics if "total_loss" in m)
     assert (tmp_path / "model_final.pth").is_file()
+
+
+def _leaves(node: dict, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _same(a, b) -> bool:
+    def norm(v):
+        return tuple(norm(x) for x in v) if isinstance(v, (list, tuple)) else v
+    return norm(a) == norm(b)
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_child_configs_hold_only_what_they_change(path):
+    """A config with a _BASE_ sets only keys whose value differs from its parent's (merged
+    with the defaults): a repeated value would hide what the child changes, and stop
+    following the parent when the parent changes."""
+    child = yaml.safe_load((REPO / "configs" / path).read_text())
+    if "_BASE_" not in child:
+        return
+    from detectron2.config import get_cfg
+
+    from cellseg_d2.config import add_yolact_config
+
+    parent = get_cfg()
+    add_yolact_config(parent)
+    parent.merge_from_file(str(REPO / "configs" / child.pop("_BASE_")))
+    repeated = []
+    for key, value in _leaves(child):
+        node = parent
+        for part in key.split("."):
+            node = node[part]
+        if _same(node, value):
+            repeated.append(f"{key}: {value!r}")
+    assert not repeated, f"{path} repeats its parent's " + ", ".join(repeated)
