@@ -182,6 +182,17 @@ def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None)
     return cfg
 
 
+def schedule_opts(iters: int, step_fractions=(0.8, 0.95), max_warmup: int = 30,
+                  warmup_divisor: int = 4, min_iters_for_steps: int = 0) -> list:
+    """The learning-rate schedule of a run of ``iters`` iterations, as KEY VALUE overrides:
+    steps (x0.1 each, Base-YOLACT's GAMMA) at ``step_fractions`` of it (none below
+    ``min_iters_for_steps``), linear warm-up over ``iters // warmup_divisor`` iterations, at
+    most ``max_warmup``. The one derivation for SOLVER.EPOCHS, the demo and the recipe."""
+    steps = tuple(int(f * iters) for f in step_fractions) if iters >= min_iters_for_steps else ()
+    return ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", str(steps),
+            "SOLVER.WARMUP_ITERS", min(max_warmup, iters // warmup_divisor)]
+
+
 def apply_epochs(cfg) -> int:
     """Set SOLVER.MAX_ITER / STEPS / CHECKPOINT_PERIOD and TEST.EVAL_PERIOD from SOLVER.EPOCHS
     and the number of training images; returns the iterations per epoch (0 if unused)."""
@@ -191,9 +202,9 @@ def apply_epochs(cfg) -> int:
 
     images = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
     per_epoch = max(1, math.ceil(images / cfg.SOLVER.IMS_PER_BATCH))
-    cfg.SOLVER.MAX_ITER = max(1, round(cfg.SOLVER.EPOCHS * per_epoch))
-    cfg.SOLVER.STEPS = tuple(int(f * cfg.SOLVER.MAX_ITER) for f in cfg.SOLVER.STEP_FRACTIONS)
-    cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER // 4)
+    cfg.merge_from_list([str(v) for v in schedule_opts(
+        max(1, round(cfg.SOLVER.EPOCHS * per_epoch)), cfg.SOLVER.STEP_FRACTIONS,
+        max_warmup=cfg.SOLVER.WARMUP_ITERS)])
     cfg.SOLVER.CHECKPOINT_PERIOD = min(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER)
     if cfg.TEST.EVAL_PERIOD_EPOCHS > 0:
         cfg.TEST.EVAL_PERIOD = max(1, round(cfg.TEST.EVAL_PERIOD_EPOCHS * per_epoch))

@@ -177,3 +177,19 @@ def test_child_configs_hold_only_what_they_change(path):
         if _same(node, value):
             repeated.append(f"{key}: {value!r}")
     assert not repeated, f"{path} repeats its parent's " + ", ".join(repeated)
+
+
+def test_one_schedule_derivation():
+    """config.schedule_opts serves SOLVER.EPOCHS, the demo and the recipe's stages."""
+    from cellseg_d2.config import schedule_opts
+    from cellseg_d2.recipe import schedule
+
+    assert schedule(745) == ["SOLVER.MAX_ITER", 745, "SOLVER.STEPS", "(596, 707)",
+                             "SOLVER.WARMUP_ITERS", 30]
+    assert schedule(12) == ["SOLVER.MAX_ITER", 12, "SOLVER.STEPS", "()",
+                            "SOLVER.WARMUP_ITERS", 3]
+    assert schedule_opts(300, (0.8,), max_warmup=50, warmup_divisor=3) == [
+        "SOLVER.MAX_ITER", 300, "SOLVER.STEPS", "(240,)", "SOLVER.WARMUP_ITERS", 50]
+    cfg = load_cfg(CONFIG, ["SOLVER.MAX_ITER", "7"])
+    cfg.merge_from_list([str(v) for v in schedule(40)])
+    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS, cfg.SOLVER.WARMUP_ITERS) == (40, (32, 38), 10)

@@ -224,8 +224,10 @@ def test_train_real_without_native_bfloat16_never_tries_it(tiny_synthetic, tmp_p
     float32 at once, no bfloat16 iteration anywhere (emulated, it would take the budget). The
     3-second budget cannot hold the stages after the calibrations on any machine: refused,
     naming a budget that would."""
+    from cellseg_d2 import recipe
+
     train_real = _train_real_module()
-    monkeypatch.setattr(train_real, "native_bfloat16", lambda: False)
+    monkeypatch.setattr(recipe, "native_bfloat16", lambda: False)
     monkeypatch.setenv("CELLSEG_DATASETS", str(tiny_synthetic))
     out = tmp_path / "real"
     assert train_real.main(["--data", str(tiny_synthetic / "synthetic"), "--output", str(out),
@@ -264,12 +266,13 @@ def test_calibration_is_bounded_in_time(tiny_synthetic, tmp_path):
     limit spread over its iterations (a slow CPU costs the limit, not the budget)."""
     import time
 
-    train_real = _train_real_module()
+    from cellseg_d2 import recipe
+
     start = time.time()
-    s_it = train_real.calibrate(str(REPO / "configs" / "real_R18_cpu.yaml"),
+    s_it = recipe.calibrate(str(REPO / "configs" / "real_R18_cpu.yaml"),
                                 "('synthetic_train',)", str(tmp_path / "cal"), TINY,
                                 str(tiny_synthetic), timeout=2)
-    assert time.time() - start < 10 and s_it == pytest.approx(2 / train_real.CALIBRATION_ITERS)
+    assert time.time() - start < 10 and s_it == pytest.approx(2 / recipe.CALIBRATION_ITERS)
 
 
 def test_native_bfloat16_reads_the_cpu_flags(tmp_path):

@@ -30,7 +30,6 @@ import os
 import sys
 
 import yaml
-from train_real import CONFIGS, calibrate, prepare_data, schedule, seconds_per_iteration, train_net
 
 from cellseg_d2.data.sartorius import convert_sartorius, read_sartorius, write_splits
 from cellseg_d2.data.synthetic import generate_dataset
@@ -38,6 +37,14 @@ from cellseg_d2.engine import native_bfloat16
 from cellseg_d2.evaluation.files import load_ground_truth
 from cellseg_d2.evaluation.pooled import cross_validation_report, pool_folds
 from cellseg_d2.outputs import write_csv
+from cellseg_d2.recipe import (
+    CONFIGS,
+    calibrate,
+    prepare_data,
+    schedule,
+    seconds_per_iteration,
+    train_net,
+)
 from cellseg_d2.utils import write_json
 
 CLASSES = ("shsy5y", "astro", "cort")

@@ -22,6 +22,7 @@ import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import cellseg_d2  # noqa: F401  (registers datasets)
+from cellseg_d2.config import schedule_opts
 from cellseg_d2.data.datasets import datasets_root
 from cellseg_d2.data.sartorius import class_statistics, convert_sartorius, format_statistics
 from cellseg_d2.data.segmentation import annotation_rles
@@ -77,10 +78,9 @@ def demo(args, out):
     for name in ("synthetic_train", "synthetic_val"):
         print(dataset_summary(name))
 
-    train_opts = ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.STEPS", f"({int(args.iters * 0.8)},)",
-                  "SOLVER.WARMUP_ITERS", str(min(50, args.iters // 3)),
-                  "SOLVER.CHECKPOINT_PERIOD", str(args.iters), "TEST.EVAL_PERIOD", str(args.iters // 2),
-                  "SEED", str(args.seed), "OUTPUT_DIR", out]
+    schedule = schedule_opts(args.iters, (0.8,), max_warmup=50, warmup_divisor=3)
+    train_opts = [*map(str, schedule), "SOLVER.CHECKPOINT_PERIOD", str(args.iters),
+                  "TEST.EVAL_PERIOD", str(args.iters // 2), "SEED", str(args.seed), "OUTPUT_DIR", out]
     run("[2/5] train + evaluate YOLACT R18 (CPU)",
         [os.path.join(TOOLS, "train_net.py"), "--config-file", CONFIG, *train_opts])
     weights = os.path.join(out, "model_final.pth")
