@@ -81,7 +81,6 @@ def worker_segmenter(spec: Spec):
     if segmenter is None:
         import torch
 
-        from .predict import CellPredictor
         from .tiling import CellSegmenter
         from .utils import keep_freed_memory
 
@@ -90,8 +89,7 @@ def worker_segmenter(spec: Spec):
         # than in-process without this; BENCHMARKS "Dask cluster")
         keep_freed_memory()
         torch.set_num_threads(spec.threads)
-        segmenter = CellSegmenter(CellPredictor(spec.cfg), spec.cfg, spec.score_thresh,
-                                  diameter=spec.diameter)
+        segmenter = CellSegmenter.from_config(spec.cfg, spec.score_thresh, spec.diameter)
         _SEGMENTERS[spec.key] = segmenter
     return segmenter
 

@@ -107,6 +107,18 @@ class CellSegmenter:
         self.last_diameter = self.model_diameter or None
         self.on_progress = None  # callable(tiles done, tiles of the pass) after each tile
 
+    @classmethod
+    def from_config(cls, cfg, score_thresh: float = None, diameter=None, progress: bool = False,
+                    with_model: bool = True) -> "CellSegmenter":
+        """The segmenter of a config whose MODEL.WEIGHTS is the trained model (checked:
+        FittingCheckpointer), scoring at TEST.INSTANCE_SCORE_THRESH unless ``score_thresh``;
+        ``with_model`` False: no model loaded (a Dask client, whose workers load their own)."""
+        from .predict import CellPredictor
+
+        return cls(CellPredictor(cfg) if with_model else None, cfg,
+                   cfg.TEST.INSTANCE_SCORE_THRESH if score_thresh is None else score_thresh,
+                   progress=progress, diameter=diameter)
+
     def fits_one_tile(self, height: int, width: int, scale: float = None) -> bool:
         """At the inference scale (or ``scale``) the image is no larger than a training image."""
         short, long = sorted((height * (scale or self.scale), width * (scale or self.scale)))

@@ -53,7 +53,7 @@ def run(model: str, inputs: str, out: str, cluster: int = 0) -> dict:
     from cellseg_d2.cluster import ClusterSegmentation, connect
     from cellseg_d2.config import load_cfg
     from cellseg_d2.data.image_io import read_image
-    from cellseg_d2.predict import CellPredictor, list_images, predict_files
+    from cellseg_d2.predict import list_images, predict_files
     from cellseg_d2.tiling import CellSegmenter
 
     cfg = load_cfg(os.path.join(model, "config.yaml"), OVERRIDES,
@@ -65,10 +65,10 @@ def run(model: str, inputs: str, out: str, cluster: int = 0) -> dict:
     row = {}
     if not cluster:
         torch.set_num_threads(1)
-        segmenter = CellSegmenter(CellPredictor(cfg), cfg, cfg.TEST.INSTANCE_SCORE_THRESH)
+        segmenter = CellSegmenter.from_config(cfg)
         predict_files(segmenter, files, read_image, out, metadata, save=save, progress=False)
     else:
-        segmenter = CellSegmenter(None, cfg, cfg.TEST.INSTANCE_SCORE_THRESH)
+        segmenter = CellSegmenter.from_config(cfg, with_model=False)
         with connect(f"local:{cluster}") as client:
             work = ClusterSegmentation(client, segmenter, 1)
             predict_files(segmenter, files, read_image, out, metadata, save=save,

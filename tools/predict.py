@@ -40,7 +40,7 @@ from cellseg_d2.checkpoint import check_weights
 from cellseg_d2.cluster import ClusterError, ClusterSegmentation, connect, local_workers
 from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.data.image_io import read_image
-from cellseg_d2.predict import DEFAULT_SAVE, SAVE, CellPredictor, InputError, list_images, predict_files
+from cellseg_d2.predict import DEFAULT_SAVE, SAVE, InputError, list_images, predict_files
 from cellseg_d2.run_folder import OutputFolderError, check_output_dir
 from cellseg_d2.tiling import CellSegmenter
 from cellseg_d2.utils import printable
@@ -104,13 +104,11 @@ def main(argv=None):
         elif args.threads:
             torch.set_num_threads(args.threads)
         # the client's model is never run with --cluster: its weights stay on disk
-        predictor = None if args.cluster else CellPredictor(cfg)
+        segmenter = CellSegmenter.from_config(cfg, diameter=args.diameter, progress=True,
+                                              with_model=not args.cluster)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0]
         metadata = MetadataCatalog.get(name)
-        segmenter = CellSegmenter(predictor, cfg, cfg.TEST.INSTANCE_SCORE_THRESH, progress=True,
-                                  diameter=args.diameter)
         save = args.save or DEFAULT_SAVE
-        # DefaultPredictor takes BGR and converts to INPUT.FORMAT itself
         if args.cluster:
             with connect(args.cluster) as client:
                 cluster = ClusterSegmentation(client, segmenter, args.threads or 1)
