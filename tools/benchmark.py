@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 import torch
-from benchmark_common import CONFIGS, build, machine, run_subprocess
+from benchmark_common import CONFIGS, build_cfg, machine, run_subprocess
 
 
 def synth_images(n_cells: int, count: int, seed: int = 0) -> list:
@@ -44,52 +44,45 @@ def synth_images(n_cells: int, count: int, seed: int = 0) -> list:
     return images
 
 
-def stage_times(model, inputs: list, sync) -> dict:
+def stage_times(predictor, images: list, sync) -> dict:
     """Seconds per image in each of YOLACT's labelled stages ("yolact.*" record_function
-    ranges), from one torch.profiler pass over ``inputs`` (CPU time of the ranges)."""
+    ranges), from one torch.profiler pass over ``images`` (CPU time of the ranges)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        for inp in inputs:
-            model([inp])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for image in images:
+            predictor(image)
         sync()
-    return {e.key[len("yolact."):]: e.cpu_time_total / 1e6 / len(inputs)
+    return {e.key[len("yolact."):]: e.cpu_time_total / 1e6 / len(images)
             for e in prof.key_averages() if e.key.startswith("yolact.")}
 
 
 def worker(args) -> dict:
-    """One (model, N) measurement; prints a JSON line."""
+    """One (model, N) measurement, through the predictor users run (predict.CellPredictor:
+    resized by the training scale, forward, outputs at the image's size); prints a JSON line."""
     torch.set_num_threads(args.threads)
     import cellseg_d2  # noqa: F401
+    from cellseg_d2.predict import CellPredictor
 
     device = args.device
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     config = args.yolact_config if args.model == "yolact" else args.maskrcnn_config
     weights = args.yolact_weights if args.model == "yolact" else args.maskrcnn_weights
-    cfg, model = build(args.model, config, weights, args.n, device)
+    predictor = CellPredictor(build_cfg(args.model, config, weights, args.n, device))
     images = synth_images(args.n, args.images, seed=args.n)
-    from cellseg_d2.config import inference_scale
-    from cellseg_d2.data.mapper import ScaleBy
-
-    resize = ScaleBy(inference_scale(cfg))
-    times, counts, inputs = [], [], []
+    times, counts, timed = [], [], []
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad():
-        for r in range(args.warmup + args.repeats):
-            image, _ = images[r % len(images)]
-            sync()
-            t = time.perf_counter()
-            # What predict.CellPredictor does: resize, to tensor, forward at the original size.
-            resized = resize.get_transform(image).apply_image(image)
-            inp = {"image": torch.as_tensor(resized.transpose(2, 0, 1).astype("float32")).to(device),
-                   "height": image.shape[0], "width": image.shape[1]}
-            inst = model([inp])[0]["instances"]
-            sync()
-            if r >= args.warmup:
-                times.append(time.perf_counter() - t)
-                counts.append(len(inst))
-                inputs.append(inp)
+    for r in range(args.warmup + args.repeats):
+        image, _ = images[r % len(images)]
+        sync()
+        t = time.perf_counter()
+        inst = predictor(image)["instances"]
+        sync()
+        if r >= args.warmup:
+            times.append(time.perf_counter() - t)
+            counts.append(len(inst))
+            timed.append(image)
     out = {"model": args.model, "cells": args.n,
            "cells_in_images": [c for _, c in images], "instances": int(np.median(counts)),
            "median_s": statistics.median(times), "images_per_s": 1 / statistics.median(times),
@@ -97,7 +90,7 @@ def worker(args) -> dict:
     if device.startswith("cuda"):
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if args.model == "yolact":  # after the timed runs: the profiler's overhead stays out of them
-        out["stages_s"] = stage_times(model, inputs, sync)
+        out["stages_s"] = stage_times(predictor, timed, sync)
     return out
 
 

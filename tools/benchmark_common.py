@@ -12,10 +12,8 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(TOOLS, "..", "configs")
 
 
-def build(model_kind: str, config: str, weights: str, n_det: int, device: str):
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_model
-
+def build_cfg(model_kind: str, config: str, weights: str, n_det: int, device: str):
+    """The config measured: ``n_det`` detections per image kept, every score."""
     from cellseg_d2.config import load_cfg
 
     opts = ["TEST.DETECTIONS_PER_IMAGE", str(n_det), "MODEL.DEVICE", device]
@@ -24,10 +22,19 @@ def build(model_kind: str, config: str, weights: str, n_det: int, device: str):
     else:
         opts += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
                  "MODEL.RPN.POST_NMS_TOPK_TEST", str(max(1000, 2 * n_det))]
-    cfg = load_cfg(config, opts)
+    return load_cfg(config, opts, weights=weights or "")
+
+
+def build(model_kind: str, config: str, weights: str, n_det: int, device: str):
+    """(cfg, model in eval mode with ``weights`` loaded) of build_cfg."""
+    from detectron2.modeling import build_model
+
+    from cellseg_d2.checkpoint import FittingCheckpointer
+
+    cfg = build_cfg(model_kind, config, weights, n_det, device)
     model = build_model(cfg).eval()
     if weights:
-        DetectionCheckpointer(model).load(weights)
+        FittingCheckpointer(model).load(weights)
     return cfg, model
 
 
