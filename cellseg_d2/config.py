@@ -170,6 +170,14 @@ def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None)
         names = " or ".join(repr(o) for o in OPTIMIZERS)
         raise SetupError(f"{config_file}: SOLVER.OPTIMIZER must be {names}, "
                          f"got {cfg.SOLVER.OPTIMIZER!r}")
+    if cfg.MODEL.META_ARCHITECTURE == "Yolact":  # the test-time policy's settings, checked
+        # before a training whose final evaluation would meet them
+        from .modeling.test_time_augmentation import YolactWithTTA
+
+        try:
+            YolactWithTTA.check(cfg)
+        except ValueError as e:
+            raise SetupError(f"{config_file}: {e}") from None
     if cfg.TEST.AUG.ENABLED and cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
         raise SetupError(f"{config_file}: TEST.AUG is Detectron2's test-time augmentation for "
                          f"Mask R-CNN; YOLACT's is MODEL.YOLACT.TEST_FLIPS")

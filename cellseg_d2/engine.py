@@ -31,6 +31,7 @@ from .checkpoint import FittingCheckpointer
 from .config import inference_scale
 from .data.mapper import CellDatasetMapper
 from .evaluation import CellCOCOEvaluator, KaggleMetricEvaluator
+from .modeling.test_time_augmentation import with_test_time_policy
 
 # CPU flags (Linux /proc/cpuinfo) of native bfloat16 arithmetic; without them PyTorch emulates
 # bfloat16 on the CPU, ~30x slower than float32 (measured on an AVX2-only AMD EPYC).
@@ -204,9 +205,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """With TEST.AUG.ENABLED (Mask R-CNN only: config.load_cfg refuses it for YOLACT, whose
-        test-time flips live in the model), Detectron2's flip / multi-scale merge, both in
+        """The model with its test-time policy (YolactWithTTA where MODEL.YOLACT asks for it;
+        with TEST.AUG.ENABLED, Mask R-CNN only, Detectron2's flip / multi-scale merge), both in
         --eval-only and in the evaluations during training."""
+        model = with_test_time_policy(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             model = GeneralizedRCNNWithTTA(cfg, model, tta_mapper=ScaledDatasetMapperTTA(cfg))
         return super().test(cfg, model, evaluators)

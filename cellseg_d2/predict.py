@@ -15,6 +15,7 @@ from .checkpoint import FittingCheckpointer
 from .config import inference_scale
 from .data.image_io import IMAGE_EXTENSIONS, ImageReadError, is_ome_zarr
 from .data.mapper import ScaleBy
+from .modeling.test_time_augmentation import with_test_time_policy
 from .outputs import (
     outlines,
     overlay,
@@ -88,7 +89,8 @@ class CellPredictor(DefaultPredictor):
     """Detectron2's DefaultPredictor (``predictor(bgr_image)["instances"]``), resizing every
     image by config.inference_scale (the scale the model was trained at, whatever the image's
     size) instead of ResizeShortestEdge, with its weights loaded by FittingCheckpointer (a
-    checkpoint that does not fit the model is one error line). Images far larger than the
+    checkpoint that does not fit the model is one error line), and the config's test-time
+    policy (modeling.test_time_augmentation). Images far larger than the
     training images: tiling.CellSegmenter cuts them into tiles for it."""
 
     def __init__(self, cfg):
@@ -97,6 +99,7 @@ class CellPredictor(DefaultPredictor):
         cfg.MODEL.WEIGHTS = ""
         super().__init__(cfg)
         FittingCheckpointer(self.model).load(weights)
+        self.model = with_test_time_policy(cfg, self.model)
         self.aug = ScaleBy(inference_scale(cfg))
 
     def __call__(self, image, scale: float = None):

@@ -11,11 +11,18 @@ from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 import cellseg_d2  # noqa: F401
 from cellseg_d2 import add_yolact_config
 from cellseg_d2.box_windows import box_windows
+from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.modeling import yolact as yolact_module
 from cellseg_d2.modeling.inference import fast_nms
 from cellseg_d2.modeling.loss import mask_loss, ohem_class_loss
 from cellseg_d2.modeling.masks import paste_masks
 from cellseg_d2.modeling.targets import TargetBuilder, coverage, match_anchors, parts_of_cells
+from cellseg_d2.modeling.test_time_augmentation import (
+    YolactWithTTA,
+    one_type_nms,
+    vote_type,
+    with_test_time_policy,
+)
 
 
 def tiny_cfg(**overrides):
@@ -95,15 +102,21 @@ def test_up_to_1000_detections_per_image():
     assert len(inst) == 1000
 
 
-def flip_tta_model(flips):
+def tta_model(**overrides):
+    """A plain tiny Yolact with spread-out scores, wrapped as the config's test-time policy
+    asks (with_test_time_policy, as the trainer and the predictor build it)."""
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(**{"MODEL.YOLACT.TEST_FLIPS": flips,
-                                    "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0})).eval()
+    cfg = tiny_cfg(**{"MODEL.YOLACT.SCORE_THRESH_TEST": 0.0, **overrides})
+    model = build_model(cfg).eval()
     with torch.no_grad():  # spread the scores so that the top detections are well ordered
         model.head.cls.weight.normal_(std=0.3)
         model.head.box.weight.normal_(std=0.05)
         model.head.coef.weight.normal_(std=1.0)
-    return model
+    return with_test_time_policy(cfg, model)
+
+
+def flip_tta_model(flips):
+    return tta_model(**{"MODEL.YOLACT.TEST_FLIPS": flips})
 
 
 def test_flip_tta_is_flip_equivariant():
@@ -111,14 +124,12 @@ def test_flip_tta_is_flip_equivariant():
     mirrored detections: same scores and classes, mirrored boxes and masks. Fails if a view's
     maps, box deltas or prototypes are not mapped back."""
     model = flip_tta_model("['horizontal', 'vertical']")
-    assert len(model.test_views) == 4
+    assert isinstance(model, YolactWithTTA) and len(model.views) == 4 and not model.training
     image = make_input(128, 256, 10)["image"]  # a multiple of P7's stride: no padding
     with torch.no_grad():
         a = model([{"image": image}])[0]["instances"][:50]
         b = model([{"image": image.flip(2)}])[0]["instances"][:50]
-        plain = build_model(tiny_cfg(**{"MODEL.YOLACT.SCORE_THRESH_TEST": 0.0})).eval()
-        plain.load_state_dict(model.state_dict())
-        c = plain([{"image": image}])[0]["instances"][:50]
+        c = model.model([{"image": image}])[0]["instances"][:50]  # the plain model
     assert torch.allclose(a.scores, b.scores, atol=1e-5)
     assert (a.pred_classes == b.pred_classes).all()
     mirrored = b.pred_boxes.tensor[:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1]) + \
@@ -136,8 +147,8 @@ def test_flip_tta_pads_with_the_image_mean():
     with a constant border a uniform image would show the network an edge like a cell's."""
     model = flip_tta_model("['horizontal']")
     seen = []
-    backbone_forward = model.backbone.forward
-    model.backbone.forward = lambda x: seen.append(x.clone()) or backbone_forward(x)
+    backbone_forward = model.model.backbone.forward
+    model.model.backbone.forward = lambda x: seen.append(x.clone()) or backbone_forward(x)
     with torch.no_grad():
         model([{"image": torch.full((3, 40, 72), 90.0)}])
     assert [tuple(x.shape[-2:]) for x in seen] == [(128, 128)] * 2
@@ -145,9 +156,20 @@ def test_flip_tta_pads_with_the_image_mean():
         assert torch.allclose(x, x[:, :, :1, :1].expand_as(x))
 
 
-def test_flip_tta_rejects_unknown_flips():
+def test_flip_tta_rejects_unknown_flips(tmp_path):
     with pytest.raises(ValueError, match="TEST_FLIPS"):
         flip_tta_model("['diagonal']")
+    with pytest.raises(SetupError, match="TEST_FLIPS: unknown flip"):  # before any training
+        load_cfg("configs/synthetic_R18_cpu.yaml", ["MODEL.YOLACT.TEST_FLIPS", "['diagonal']"])
+
+
+def test_no_test_time_policy_leaves_the_model_as_it_is():
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    assert with_test_time_policy(cfg, model) is model
+    wrapped = with_test_time_policy(tiny_cfg(**{"MODEL.YOLACT.TEST_ONE_TYPE_PER_IMAGE": True}),
+                                    model)
+    assert wrapped.model is model and wrapped.training  # the model's mode
 
 
 def test_rescale_by_type_runs_the_voted_types_scale(monkeypatch):
@@ -158,8 +180,7 @@ def test_rescale_by_type_runs_the_voted_types_scale(monkeypatch):
     paste = yolact_module.paste_masks
     monkeypatch.setattr(yolact_module, "paste_masks",
                         lambda *args: pasted.append(len(args[2])) or paste(*args))
-    torch.manual_seed(0)
-    plain = flip_tta_model("[]")
+    plain = tta_model()
     image = make_input(64, 96, 6)["image"]
     with torch.no_grad():
         first = plain([{"image": image}])[0]["instances"]
@@ -169,10 +190,10 @@ def test_rescale_by_type_runs_the_voted_types_scale(monkeypatch):
         for factor, want in ((2.0, expected), (1.0, first)):
             factors = [1.0, 1.0, 1.0]
             factors[voted] = factor
-            model = build_model(tiny_cfg(**{"MODEL.YOLACT.TEST_RESCALE_BY_TYPE": str(factors),
-                                            "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0,
-                                            "MODEL.YOLACT.TEST_TYPE_VOTE_THRESH": 0.3})).eval()
-            model.load_state_dict(plain.state_dict())
+            cfg = tiny_cfg(**{"MODEL.YOLACT.TEST_RESCALE_BY_TYPE": str(factors),
+                              "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0,
+                              "MODEL.YOLACT.TEST_TYPE_VOTE_THRESH": 0.3})
+            model = with_test_time_policy(cfg, plain)
             pasted.clear()
             got = model([{"image": image}])[0]["instances"]
             assert pasted == [len(want)]  # one image's masks, pasted once
@@ -182,7 +203,7 @@ def test_rescale_by_type_runs_the_voted_types_scale(monkeypatch):
             assert as_mapped.pred_masks.shape[-2:] == (64, 96)
     assert len(expected) != len(first) or not torch.allclose(expected.scores, first.scores)
     with pytest.raises(ValueError, match="TEST_RESCALE_BY_TYPE"):
-        build_model(tiny_cfg(**{"MODEL.YOLACT.TEST_RESCALE_BY_TYPE": "[2.0]"}))
+        with_test_time_policy(tiny_cfg(**{"MODEL.YOLACT.TEST_RESCALE_BY_TYPE": "[2.0]"}), plain)
 
 
 def test_one_type_per_image_gives_every_detection_the_voted_type():
@@ -198,11 +219,11 @@ def test_one_type_per_image_gives_every_detection_the_voted_type():
                                   [20, 20, 30, 30]]))
     args = (anchors, probs.clamp(min=1e-9).log(), torch.zeros(4, 4), [torch.zeros(4, 8)],
             [torch.zeros(8, 16, 16)], (64, 64), (64, 64))
+    model = build_model(tiny_cfg()).eval()
     for one_type in (False, True):
-        model = build_model(tiny_cfg(**{"MODEL.YOLACT.TEST_ONE_TYPE_PER_IMAGE": str(one_type),
-                                        "MODEL.YOLACT.TEST_TYPE_VOTE_THRESH": 0.5})).eval()
-        got, factor = model.inference_single_image(*args)
-        assert factor == 1.0 and got.pred_masks.shape == (len(got), 64, 64)
+        nms = one_type_nms(model, 0.5) if one_type else None
+        got = model.inference_single_image(*args, nms=nms)
+        assert got.pred_masks.shape == (len(got), 64, 64)
         if not one_type:
             assert got.pred_classes.tolist() == [1, 2, 1]
             assert torch.allclose(got.scores, torch.tensor([0.70, 0.65, 0.55]))
@@ -441,3 +462,15 @@ def test_box_windows_round_out_grow_and_clip():
     # float64 boxes are rounded in float64 (float32 would make both 3.0: window [3, 3))
     assert box_windows(np.array([[2.9999999999, 0.0, 3.0000000001, 1.0]]), 10, 10).tolist() == [
         [2, 0, 4, 1]]
+
+
+def test_vote_type():
+    """The image's type: the class most detections above the threshold hold; a tie goes to
+    the lower class; none above it: no type."""
+    classes = torch.tensor([2, 1, 1, 2, 0, 2])
+    scores = torch.tensor([0.9, 0.6, 0.55, 0.4, 0.7, 0.3])
+    assert vote_type(classes, scores, 0.5, 3) == 1  # above 0.5: 2, 1, 1, 0
+    assert vote_type(classes, scores, 0.25, 3) == 2  # all: 2 x3, 1 x2, 0 x1
+    assert vote_type(classes[:2], scores[:2], 0.5, 3) == 1  # a tie of 1 and 2
+    assert vote_type(classes, scores, 0.95, 3) is None
+    assert vote_type(classes[:0], scores[:0], 0.5, 3) is None

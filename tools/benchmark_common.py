@@ -26,16 +26,18 @@ def build_cfg(model_kind: str, config: str, weights: str, n_det: int, device: st
 
 
 def build(model_kind: str, config: str, weights: str, n_det: int, device: str):
-    """(cfg, model in eval mode with ``weights`` loaded) of build_cfg."""
+    """(cfg, model in eval mode with ``weights`` loaded and its test-time policy) of
+    build_cfg."""
     from detectron2.modeling import build_model
 
     from cellseg_d2.checkpoint import FittingCheckpointer
+    from cellseg_d2.modeling.test_time_augmentation import with_test_time_policy
 
     cfg = build_cfg(model_kind, config, weights, n_det, device)
     model = build_model(cfg).eval()
     if weights:
         FittingCheckpointer(model).load(weights)
-    return cfg, model
+    return cfg, with_test_time_policy(cfg, model)
 
 
 def run_subprocess(args, extra, env=None) -> dict:

@@ -30,6 +30,7 @@ from cellseg_d2.data.datasets import DatasetMissingError
 from cellseg_d2.data.image_io import read_image
 from cellseg_d2.data.mapper import CellDatasetMapper
 from cellseg_d2.evaluation.kaggle_metric import score_image
+from cellseg_d2.modeling.test_time_augmentation import with_test_time_policy
 from cellseg_d2.outputs import overlay, write_image
 from cellseg_d2.run_folder import OutputFolderError, check_output_dir, staged_run
 from cellseg_d2.utils import atomic_open
@@ -71,6 +72,7 @@ def main(argv=None):
         records = DatasetCatalog.get(name)
         model = build_model(cfg).eval()
         FittingCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        model = with_test_time_policy(cfg, model)
     except (SetupError, DatasetMissingError, KeyError, OutputFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
