@@ -125,7 +125,7 @@ def test_segment_correct_save_and_retrain(viewer, trained, tiny_synthetic, tmp_p
     # Retrain on the folder (fine-tuning only, a few iterations' worth of budget: a timing and
     # a stage start-up took ~45 s on the slowest machine seen).
     out = tmp_path / "retrained"
-    tool("train_real.py", "--data", folder, "--output", out, "--minutes", 1.2,
+    tool("train_real.py", "--data", folder, "--output", out, "--minutes", 1.5,
          "--pretrain-share", 0, "--synthetic-per-type", 1, "--split", "1,1,0",
          "--eval-reserve", 5, *TINY)
     assert (out / "model_final.pth").is_file()
