@@ -14,8 +14,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
-from .inference import fast_nms
-
 FLIP_DIMS = {"horizontal": 3, "vertical": 2}  # image tensor dims (N, C, H, W)
 
 
@@ -36,9 +34,7 @@ def one_type_nms(model, vote_thresh: float):
         image_type = vote_type(classes, kept_scores, vote_thresh, model.num_classes)
         if image_type is None:
             return keep, classes, kept_scores
-        keep, _, kept_scores = fast_nms(boxes, scores.sum(dim=1, keepdim=True), model.score_thresh,
-                                        model.nms_thresh, model.topk_candidates,
-                                        model.max_detections)
+        keep, _, kept_scores = model.nms(boxes, scores.sum(dim=1, keepdim=True))
         return keep, torch.full_like(keep, image_type), kept_scores
     return nms
 
