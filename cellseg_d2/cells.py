@@ -81,27 +81,97 @@ def cells_from_instances(inst, score_thresh: float, origin=(0, 0), tile: int = 0
     return cells
 
 
-def paint_labels(cells: list, shape: tuple):
-    """Make cells non-overlapping (each pixel goes to the highest-scored cell covering it; cells
-    left empty are dropped) and paint them into a label image, ids 1..n in score order.
-    uint16 up to 65,535 cells, uint32 beyond. Returns (label image, the kept cells, trimmed)."""
-    order = sorted(range(len(cells)), key=lambda i: -cells[i].score)
-    label = np.zeros(shape, np.uint16 if len(cells) <= np.iinfo(np.uint16).max else np.uint32)
-    kept = []
-    for i in order:
-        c = cells[i]
+def windows(shape: tuple, chunk: int) -> list:
+    """(y0, x0, y1, x1) of the ``chunk``-px squares covering an image of ``shape``, row by row."""
+    height, width = shape[:2]
+    return [(y, x, min(y + chunk, height), min(x + chunk, width))
+            for y in range(0, height, chunk) for x in range(0, width, chunk)]
+
+
+def cells_by_window(cells: list, shape: tuple, chunk: int) -> dict:
+    """{index in ``windows(shape, chunk)``: indices of the cells whose bounds meet it, in the
+    given order}."""
+    per_row = -(-shape[1] // chunk)
+    out = {}
+    for i, c in enumerate(cells):
         x0, y0, x1, y1 = c.bounds
-        region = label[y0:y1, x0:x1]
-        free = c.mask & (region == 0)
-        cut = tight(free, x0, y0)
-        if cut is None:
-            continue
-        region[free] = len(kept) + 1
-        mask, x0, y0 = cut
-        kept.append(Cell(x0, y0, mask, c.score, c.cls, c.box, c.tile))
-    if label.dtype == np.uint32 and len(kept) <= np.iinfo(np.uint16).max:
-        label = label.astype(np.uint16)
-    return label, kept
+        for wy in range(y0 // chunk, (y1 - 1) // chunk + 1):
+            for wx in range(x0 // chunk, (x1 - 1) // chunk + 1):
+                out.setdefault(wy * per_row + wx, []).append(i)
+    return out
+
+
+def label_dtype(n: int):
+    return np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
+
+
+def non_overlapping(cells: list, shape: tuple, chunk: int = 4096) -> list:
+    """The cells made non-overlapping: each pixel goes to the highest-scored cell covering it
+    (the earlier one of equal scores), a cell cut to the pixels it wins, cells left empty
+    dropped; in score order (a label image's ids 1..n). Done ``chunk`` px square at a time, so a
+    whole well never needs a label image of its size in memory."""
+    order = sorted(range(len(cells)), key=lambda i: -cells[i].score)
+    ranked = [cells[i] for i in order]
+    won = [None] * len(ranked)  # per cell: its mask of won pixels, at its bounds
+    grid = windows(shape, chunk)
+    for k, idx in cells_by_window(ranked, shape, chunk).items():
+        y0, x0, y1, x1 = grid[k]
+        taken = np.zeros((y1 - y0, x1 - x0), bool)
+        for i in idx:  # in score order
+            c = ranked[i]
+            cx0, cy0, cx1, cy1 = c.bounds
+            ax0, ay0, ax1, ay1 = max(cx0, x0), max(cy0, y0), min(cx1, x1), min(cy1, y1)
+            part = c.mask[ay0 - cy0:ay1 - cy0, ax0 - cx0:ax1 - cx0] & \
+                ~taken[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0]
+            if part.any():
+                taken[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] |= part
+                if won[i] is None:
+                    won[i] = np.zeros_like(c.mask)
+                won[i][ay0 - cy0:ay1 - cy0, ax0 - cx0:ax1 - cx0] = part
+    kept = []
+    for c, mask in zip(ranked, won):
+        cut = None if mask is None else tight(mask, c.x0, c.y0)
+        if cut is not None:
+            mask, x0, y0 = cut
+            kept.append(Cell(x0, y0, mask, c.score, c.cls, c.box, c.tile))
+    return kept
+
+
+def label_window(kept: list, window: tuple, dtype, indices=None) -> np.ndarray:
+    """The label image of non-overlapping cells (ids 1..n in list order) inside ``window``
+    (y0, x0, y1, x1); ``indices``: the cells that meet it (default: every cell is tried)."""
+    y0, x0, y1, x1 = window
+    out = np.zeros((y1 - y0, x1 - x0), dtype)
+    for i in range(len(kept)) if indices is None else indices:
+        c = kept[i]
+        cx0, cy0, cx1, cy1 = c.bounds
+        ax0, ay0, ax1, ay1 = max(cx0, x0), max(cy0, y0), min(cx1, x1), min(cy1, y1)
+        if ax1 > ax0 and ay1 > ay0:
+            part = c.mask[ay0 - cy0:ay1 - cy0, ax0 - cx0:ax1 - cx0]
+            out[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0][part] = i + 1
+    return out
+
+
+def label_source(kept: list):
+    """``block(y0, y1, x0, x1)``: the label image of non-overlapping cells (ids 1..n in list
+    order; cells.non_overlapping) in any window, made from the cells that meet it: a whole
+    well's label image, piece by piece."""
+    bounds = np.array([c.bounds for c in kept], np.int64).reshape(-1, 4)
+    dtype = label_dtype(len(kept))
+
+    def block(y0, y1, x0, x1):
+        near = np.flatnonzero((bounds[:, 0] < x1) & (bounds[:, 2] > x0) &
+                              (bounds[:, 1] < y1) & (bounds[:, 3] > y0))
+        return label_window(kept, (y0, x0, y1, x1), dtype, near.tolist())
+    return block
+
+
+def paint_labels(cells: list, shape: tuple):
+    """Make cells non-overlapping (``non_overlapping``) and paint them into a label image, ids
+    1..n in score order; uint16 up to 65,535 cells, uint32 beyond. Returns (label image, the
+    kept cells)."""
+    kept = non_overlapping(cells, shape)
+    return label_window(kept, (0, 0, *shape[:2]), label_dtype(len(kept))), kept
 
 
 def _runs(cell: Cell, height: int, width: int, column_major: bool):

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from .cells import polygons
+from .cells import label_source, polygons
 from .utils import atomic_open, atomic_path
 
 # BGR outline colours by class where the metadata gives none (green, magenta, cyan, ...).
@@ -38,11 +38,25 @@ def label_image(label) -> np.ndarray:
 def write_label_tiff(path: str, label: np.ndarray) -> None:
     """Label image as a deflate-compressed TIFF (uint16, or uint32 past 65,535 cells); BigTIFF
     when the pixels alone approach the 4 GB limit of classic TIFF."""
+    _write_tiff(path, label, label.shape, label.dtype)
+
+
+def write_label_tiff_tiles(path: str, tiles, shape: tuple, dtype, tile: int) -> None:
+    """write_label_tiff of a label image given as ``tile``-px tiles in row-major order (the
+    TIFF is tiled): a whole well's, never in memory at once."""
+    _write_tiff(path, tiles, shape, dtype, tile=(tile, tile))
+
+
+def _write_tiff(path, data, shape, dtype, **layout) -> None:
     import tifffile
 
+    big = shape[0] * shape[1] * np.dtype(dtype).itemsize > 2**32 - 2**28
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, label, bigtiff=label.nbytes > 2**32 - 2**28,
-                         compression="zlib", photometric="minisblack")
+        if isinstance(data, np.ndarray):
+            tifffile.imwrite(tmp, data, bigtiff=big, compression="zlib", photometric="minisblack")
+        else:
+            tifffile.imwrite(tmp, data, shape=shape, dtype=dtype, bigtiff=big, compression="zlib",
+                             photometric="minisblack", **layout)
 
 
 def write_rois(path: str, cells: list, ids: list = None) -> None:
@@ -62,48 +76,6 @@ def write_rois(path: str, cells: list, ids: list = None) -> None:
             z.writestr(info, roi.tobytes(), compress_type=zipfile.ZIP_DEFLATED)
 
 
-def write_ome_zarr(path: str, image_bgr: np.ndarray, label: np.ndarray,
-                   chunk: int = 1024) -> None:
-    """OME-Zarr (ome-zarr-py; napari, Fiji's MoBIE and OMERO read it): the image as the model
-    saw it (uint8; grey where its channels agree) as a multiscale pyramid, halving down to
-    ``chunk`` px, and the label image beside it as ``labels/cells`` with the same levels
-    (nearest-neighbour), both in ``chunk``-px chunks. Written in a temporary folder, then
-    renamed into place."""
-    import shutil
-
-    import dask
-    import numcodecs
-    import zarr
-    from ome_zarr.io import parse_url
-    from ome_zarr.scale import Scaler
-    from ome_zarr.writer import write_image, write_labels
-
-    grey = image_bgr.ndim == 2 or (np.array_equal(image_bgr[:, :, 0], image_bgr[:, :, 1]) and
-                                   np.array_equal(image_bgr[:, :, 0], image_bgr[:, :, 2]))
-    image = image_bgr if image_bgr.ndim == 2 else \
-        image_bgr[:, :, 0] if grey else np.moveaxis(image_bgr[:, :, ::-1], -1, 0)
-    levels = max(1, int(np.ceil(np.log2(max(label.shape) / chunk)))) if max(label.shape) > chunk \
-        else 1
-    scaler = Scaler(max_layer=levels, method="nearest")
-    options = {"chunks": (chunk, chunk) if image.ndim == 2 else (image.shape[0], chunk, chunk)}
-    tmp = f"{path}.{os.getpid()}.tmp"
-    # Written here, one chunk after another, with single-threaded Blosc: threaded Blosc lays
-    # its blocks out in the order they finish, and the bytes would differ from run to run (or
-    # the work would go to a Dask cluster the caller is connected to).
-    blosc_threads, numcodecs.blosc.use_threads = numcodecs.blosc.use_threads, False
-    try:
-        with dask.config.set(scheduler="synchronous"):
-            root = zarr.group(store=parse_url(tmp, mode="w").store)
-            write_image(image, root, axes="yx" if image.ndim == 2 else "cyx", scaler=scaler,
-                        storage_options=options)
-            write_labels(label, root, name="cells", axes="yx", scaler=scaler,
-                         storage_options={"chunks": (chunk, chunk)})
-        os.replace(tmp, path)
-    finally:
-        numcodecs.blosc.use_threads = blosc_threads
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def class_colors(metadata, n: int) -> np.ndarray:
     colors = getattr(metadata, "thing_colors", None)
     if colors and len(colors) >= n:
@@ -111,18 +83,49 @@ def class_colors(metadata, n: int) -> np.ndarray:
     return PALETTE[np.arange(n) % len(PALETTE)]
 
 
-def outlines(image_bgr: np.ndarray, label: np.ndarray, classes: np.ndarray,
-             metadata) -> np.ndarray:
-    """The image with each cell's one-pixel inner boundary (pixels with a 4-neighbour of
-    another label) drawn in its class colour. ``classes`` gives the class of label 1, 2, ..."""
+def outline_edges(label: np.ndarray) -> np.ndarray:
+    """Each cell's one-pixel inner boundary: its pixels with a 4-neighbour of another label."""
     from skimage.segmentation import find_boundaries
 
-    edge = find_boundaries(label, connectivity=1, mode="inner")
+    return find_boundaries(label, connectivity=1, mode="inner")
+
+
+def outlines(image_bgr: np.ndarray, label: np.ndarray, classes: np.ndarray,
+             metadata, edge: np.ndarray = None) -> np.ndarray:
+    """The image with each cell's boundary (``outline_edges``, or ``edge`` where given) drawn
+    in its class colour. ``classes`` gives the class of label 1, 2, ..."""
+    edge = outline_edges(label) if edge is None else edge
     out = image_bgr.copy()
     lut = np.zeros(len(classes) + 1, np.int64)
     lut[1:] = classes
     out[edge] = class_colors(metadata, int(classes.max(initial=0)) + 1)[lut[label[edge]]]
     return out
+
+
+def outline_bands(image, kept: list, classes: np.ndarray, metadata, band: int = 512):
+    """``outlines`` of a whole well, ``band`` rows at a time (each band's label image made
+    with a row of its neighbours', so its edges are the whole image's): ``image`` is an
+    array or data.regions.ScaledRegions, ``kept`` non-overlapping cells
+    (cells.non_overlapping)."""
+    height, width = image.shape[:2]
+    label_of = label_source(kept)
+    for y0 in range(0, height, band):
+        y1 = min(y0 + band, height)
+        c0, c1 = max(y0 - 1, 0), min(y1 + 1, height)
+        label = label_of(c0, c1, 0, width)
+        inner = slice(y0 - c0, y0 - c0 + y1 - y0)
+        yield outlines(image[y0:y1, 0:width], label[inner], classes, metadata,
+                       outline_edges(label)[inner])
+
+
+def write_png_bands(path: str, bands, height: int, width: int) -> None:
+    """A BGR image given as bands of rows, written as an RGB PNG row by row (pypng), never
+    whole in memory."""
+    import png
+
+    rows = (row.tobytes() for b in bands for row in np.ascontiguousarray(b[:, :, ::-1]))
+    with atomic_open(path, "wb") as f:
+        png.Writer(width, height, greyscale=False, bitdepth=8).write_packed(f, rows)
 
 
 def overlay(image_bgr: np.ndarray, cells: list, metadata) -> np.ndarray:

@@ -10,19 +10,31 @@ from detectron2.engine import DefaultPredictor
 from detectron2.structures import BoxMode
 from tqdm import tqdm
 
-from .cells import cell_row, coco_rle, kaggle_rle, paint_labels
+from .cells import (
+    cell_row,
+    coco_rle,
+    kaggle_rle,
+    label_dtype,
+    label_source,
+    non_overlapping,
+    windows,
+)
 from .checkpoint import FittingCheckpointer
 from .config import inference_scale
 from .data.image_io import IMAGE_EXTENSIONS, ImageReadError, is_ome_zarr
 from .data.mapper import ScaleBy
+from .data.regions import RegionReader, ScaledRegions
 from .modeling.test_time_augmentation import with_test_time_policy
+from .ome_zarr_output import write_ome_zarr
 from .outputs import (
+    outline_bands,
     outlines,
     overlay,
     write_csv,
     write_image,
     write_label_tiff,
-    write_ome_zarr,
+    write_label_tiff_tiles,
+    write_png_bands,
     write_rois,
 )
 from .run_folder import check_output_dir, staged_run
@@ -192,41 +204,36 @@ def _predict_image(segmenter, read_image, path, name, stage, save, metadata, to_
                    image_id, written, cells_of=None) -> dict:
     """Segment one image (or take its cells, and the diameter segmented for, from
     ``cells_of()``) and write its files (their paths appended to ``written`` as they appear);
-    returns its rows of the run's tables."""
-    image = read_image(path)
-    height, width = image.shape[:2]
-    if cells_of is None:
-        found = segmenter(image)
-        diameter = getattr(segmenter, "last_diameter", None)
-    else:
-        found, diameter = cells_of()
-    label, cells = paint_labels(found, (height, width))
-    classes = np.array([c.cls for c in cells], np.int64)
+    returns its rows of the run's tables. An image larger than one tile (a whole well) is read
+    by region (data.regions) and its files written piece by piece: it is never in memory whole,
+    nor is its label image."""
+    reader = RegionReader(path)
+    try:
+        height, width = reader.shape[:2]
+        one_tile = segmenter.fits_one_tile(height, width)
+        image = read_image(path) if one_tile else ScaledRegions(reader)
+        if cells_of is None:
+            found = segmenter(image)
+            diameter = getattr(segmenter, "last_diameter", None)
+        else:
+            found, diameter = cells_of()
+        cells = non_overlapping(found, (height, width))
+        classes = np.array([c.cls for c in cells], np.int64)
+
+        def out(key):
+            folder, ext = SAVE[key]
+            written.append(os.path.join(stage, folder, f"{name}.{ext}"))
+            return written[-1]
+
+        _write_image_files(image, cells, classes, metadata, save, out, one_tile)
+    finally:
+        reader.close()
     class_names = list(metadata.thing_classes)
-
-    def out(key):
-        folder, ext = SAVE[key]
-        written.append(os.path.join(stage, folder, f"{name}.{ext}"))
-        return written[-1]
-
-    one_tile = segmenter.fits_one_tile(height, width)
-    drawn = (outlines(image, label, classes, metadata)
-             if "outlines" in save or ("png" in save and not one_tile) else None)
-    if "png" in save:
-        write_image(out("png"), overlay(image, cells, metadata) if one_tile else drawn)
-    if "outlines" in save:
-        write_image(out("outlines"), drawn)
-    if "tif" in save:
-        write_label_tiff(out("tif"), label)
-    if "rois" in save:
-        write_rois(out("rois"), cells)
-    if "zarr" in save:
-        write_ome_zarr(out("zarr"), image, label)
     xywh = BoxMode.convert(np.array([c.box for c in cells]).reshape(-1, 4),
                            BoxMode.XYXY_ABS, BoxMode.XYWH_ABS)
     counts = {"image": name, "file": printable(path), "cells": len(cells)}
     counts.update({f"n_{c}": int(np.sum(classes == k)) for k, c in enumerate(class_names)})
-    counts["confluence"] = round(float(np.count_nonzero(label)) / label.size, 4)
+    counts["confluence"] = round(sum(c.area for c in cells) / (height * width), 4)
     # The cell diameter the image was segmented for: --diameter, its estimate, or the model's.
     counts["diameter_px"] = round(diameter, 2) if diameter else ""
     return {
@@ -241,3 +248,38 @@ def _predict_image(segmenter, read_image, path, name, stage, save, metadata, to_
                   for i, c in enumerate(cells, start=1)],
         "counts": [counts],
     }
+
+
+TILE_PX = 512  # label TIFF tiles and outline bands of an image larger than one tile
+
+
+def _write_image_files(image, cells, classes, metadata, save, out, one_tile: bool) -> None:
+    """An image's files (``save``; ``out(key)`` names each) from its non-overlapping cells:
+    ``image`` is an array where it fits one tile (overlay PNG drawn by Detectron2's
+    Visualizer), else data.regions.ScaledRegions, read and written piece by piece (overlay
+    and outline PNG both the outlines, the label TIFF tiled)."""
+    height, width = image.shape[:2]
+    label_of = label_source(cells)
+    dtype = label_dtype(len(cells))
+    if one_tile:
+        label = label_of(0, height, 0, width)
+        if "png" in save:
+            write_image(out("png"), overlay(image, cells, metadata))
+        if "outlines" in save:
+            write_image(out("outlines"), outlines(image, label, classes, metadata))
+        if "tif" in save:
+            write_label_tiff(out("tif"), label)
+    else:
+        for key in ("png", "outlines"):
+            if key in save:
+                write_png_bands(out(key), outline_bands(image, cells, classes, metadata,
+                                                        TILE_PX), height, width)
+        if "tif" in save:
+            tiles = (label_of(y0, y1, x0, x1)
+                     for y0, x0, y1, x1 in windows((height, width), TILE_PX))
+            write_label_tiff_tiles(out("tif"), tiles, (height, width), dtype, TILE_PX)
+    if "rois" in save:
+        write_rois(out("rois"), cells)
+    if "zarr" in save:
+        write_ome_zarr(out("zarr"), (height, width), lambda y0, y1, x0, x1: image[y0:y1, x0:x1],
+                       label_of, dtype)

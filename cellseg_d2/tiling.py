@@ -76,7 +76,8 @@ def remove_duplicates(cells: list, depth: list, bucket: int = 64) -> list:
 
 class CellSegmenter:
     """``segmenter(image)`` -> Cells (box-local, scoring above ``score_thresh``, may overlap;
-    see cells.paint_labels) for an HxWx3 BGR image of any size. ``predictor`` is a
+    see cells.paint_labels) for an HxWx3 BGR image of any size (an array, or
+    data.regions.ScaledRegions: read tile by tile). ``predictor`` is a
     predict.CellPredictor (or any callable image -> {"instances": ...} that resizes by
     config.inference_scale, and by ``scale=`` where given).
 
@@ -148,13 +149,14 @@ class CellSegmenter:
             cells = self.segment(image, self.scale_for(self.last_diameter))
         return cells
 
-    def segment(self, image: np.ndarray, scale: float = None) -> list:
+    def segment(self, image, scale: float = None) -> list:
         """The image's cells with every tile resized by ``scale`` (default: the training
-        scale)."""
+        scale). ``image``: an array, or data.regions.ScaledRegions (a whole well read tile by
+        tile)."""
         height, width = image.shape[:2]
         tiles = self.plan(height, width, scale)
         if tiles is None:
-            cells = self.whole_cells(image, scale)
+            cells = self.whole_cells(image[:, :], scale)
             self._report(1, 1)
             return cells
         found = []

@@ -77,6 +77,27 @@ def test_paint_labels_is_remove_overlaps():
         assert np.array_equal(label == k, m) and np.array_equal(dense(cell, 60, 50), m)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 16, 64])
+def test_labels_made_chunk_by_chunk_equal_the_whole(chunk):
+    """A whole well's label image is made window by window (non_overlapping, label_source):
+    the same cells, masks and label pixels as painting it whole, whatever the window size."""
+    from cellseg_d2.cells import label_source, non_overlapping, windows
+
+    rng = np.random.default_rng(3)
+    cells = random_cells(rng, 60, 50, 80)
+    cells[5].score = cells[6].score  # a tie: the earlier cell wins, as painting whole
+    label, kept = paint_labels(cells, (60, 50))
+    pieces = non_overlapping(cells, (60, 50), chunk)
+    assert [(c.x0, c.y0, c.score) for c in pieces] == [(c.x0, c.y0, c.score) for c in kept]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(pieces, kept))
+    rebuilt = np.full((60, 50), 9999, label.dtype)
+    for y0, x0, y1, x1 in windows((60, 50), chunk):
+        part = label_source(pieces)(y0, y1, x0, x1)
+        assert part.dtype == label.dtype and part.shape == (y1 - y0, x1 - x0)
+        rebuilt[y0:y1, x0:x1] = part
+    np.testing.assert_array_equal(rebuilt, label)
+
+
 def test_labels_switch_to_uint32_past_65535_cells(tmp_path):
     import tifffile
 
@@ -224,3 +245,57 @@ def test_predict_on_a_mosaic_writes_every_output_consistently(trained, tmp_path)
     for folder in ("overlays", "outlines"):
         drawn = cv2.imread(str(out / folder / "well.png"))
         assert drawn.shape == (*image.shape, 3) and (drawn != image[:, :, None]).any()
+
+
+@pytest.mark.parametrize("band", [1, 7, 64])
+def test_outlines_band_by_band_equal_the_whole(tmp_path, band):
+    """A whole well's outline PNG is drawn and written band by band: the pixels of outlines()
+    of the whole image."""
+    import cv2
+
+    from cellseg_d2.cells import non_overlapping
+    from cellseg_d2.outputs import outline_bands, outlines, write_png_bands
+
+    rng = np.random.default_rng(4)
+    cells = random_cells(rng, 60, 50, 80)
+    image = rng.integers(0, 255, (60, 50, 3), dtype=np.uint8)
+    label, kept = paint_labels(cells, (60, 50))
+    classes = np.array([c.cls for c in kept])
+    meta = type("Meta", (), {})()  # no thing_colors: the default palette
+    whole = outlines(image, label, classes, meta)
+    assert not np.array_equal(whole, image)
+    kept = non_overlapping(cells, (60, 50))
+    write_png_bands(str(tmp_path / "o.png"), outline_bands(image, kept, classes, meta, band),
+                    60, 50)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "o.png")), whole)
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_ome_zarr_written_chunk_by_chunk(tmp_path, colour):
+    """write_ome_zarr: ome-zarr-py reads back the image (grey where its channels agree, else
+    RGB planes) and the label image at full resolution; each level halves the one below."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    from cellseg_d2.ome_zarr_output import write_ome_zarr
+
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 255, (150, 70), dtype=np.uint8)
+    image = np.stack([grey, grey // 2, grey // 3], -1) if colour else np.repeat(
+        grey[:, :, None], 3, axis=2)
+    label, _ = paint_labels(random_cells(rng, 150, 70, 40), (150, 70))
+    path = str(tmp_path / "x.zarr")
+    write_ome_zarr(path, (150, 70), lambda y0, y1, x0, x1: image[y0:y1, x0:x1],
+                   lambda y0, y1, x0, x1: label[y0:y1, x0:x1], label.dtype, chunk=32)
+    nodes = list(Reader(parse_url(path))())
+    pixels, cells = nodes[0], [n for n in nodes if "labels" in str(n.zarr)][-1]
+    assert len(pixels.data) == len(cells.data) == 4  # 150 px halved 3 times to fit 32 px
+    full = np.asarray(pixels.data[0])
+    if colour:
+        np.testing.assert_array_equal(full, np.moveaxis(image[:, :, ::-1], -1, 0))
+    else:
+        np.testing.assert_array_equal(full, grey)
+    np.testing.assert_array_equal(np.asarray(cells.data[0]), label)
+    for k in range(1, 4):
+        np.testing.assert_array_equal(np.asarray(cells.data[k]), label[::2 ** k, ::2 ** k])
+        np.testing.assert_array_equal(np.asarray(pixels.data[k]), full[..., ::2 ** k, ::2 ** k])

@@ -9,7 +9,7 @@ VENV=.venv
 PLUGIN_REGISTERED="import importlib.metadata as m; assert any(e.name == 'cellseg-d2' for e in m.entry_points(group='napari.manifest'))"
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import detectron2, cellseg_d2" 2>/dev/null; then
     # An existing .venv gets what requirements.txt added since it was made.
-    if ! "$VENV/bin/python" -c "import tifffile, imagecodecs, roifile, skimage, faster_coco_eval, distributed, ome_zarr" 2>/dev/null; then
+    if ! "$VENV/bin/python" -c "import tifffile, imagecodecs, roifile, png, skimage, faster_coco_eval, distributed, ome_zarr" 2>/dev/null; then
         echo "[setup] installing new requirements into $VENV"
         "$VENV/bin/python" -m pip install -q -r requirements.txt
     fi

@@ -101,3 +101,21 @@ class RegionReader:
         if self._tif is not None:
             self._tif.close()
         self._tif = self._zarr = None
+
+
+class ScaledRegions:
+    """An image as the model's input, read a region at a time: ``view[y0:y1, x0:x1]`` is that
+    region of read_image's HxWx3 uint8 BGR image (the whole image's intensity scaling, counted
+    once), without the whole image in memory where the file can be read by region.
+    CellSegmenter takes it where it takes an array."""
+
+    def __init__(self, reader: RegionReader):
+        self.reader = reader
+        self.scaling = reader.scaling()
+        self.shape = (*reader.shape[:2], 3)
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key
+        y0, y1, _ = rows.indices(self.shape[0])
+        x0, x1, _ = cols.indices(self.shape[1])
+        return self.reader.bgr_region(y0, y1, x0, x1, self.scaling)
