@@ -154,3 +154,40 @@ def test_crop_without_cells_gives_empty_instances(tiny_synthetic, monkeypatch):
     record = DatasetCatalog.get("synthetic_train")[0]
     inst = CellDatasetMapper.instances([], resize, record, (15, 15))
     assert len(inst) == 0 and inst.gt_masks.tensor.shape == (0, 15, 15)
+
+
+def test_each_type_trains_at_its_scale(tiny_synthetic, monkeypatch):
+    """INPUT.TRAIN_SCALE_BY_TYPE: an image of a type with factor f is cropped 1/f times larger
+    in its own pixels and scaled by f x TRAIN_SCALE, so every crop reaches the network at the
+    same size and that type's cells at f times the others' scale."""
+    from cellseg_d2.config import SetupError, load_cfg
+    from cellseg_d2.data.mapper import CellDatasetMapper, image_type
+
+    monkeypatch.setenv("CELLSEG_DATASETS", str(tiny_synthetic))
+    real = "configs/real_R18_cpu.yaml"
+    cfg = load_cfg(real, ["INPUT.TRAIN_SCALE_BY_TYPE", "[1.0, 0.5, 1.0]",
+                          "INPUT.CROP.SIZE", "[64, 64]"])
+    mapper = CellDatasetMapper(cfg, True)
+    records = DatasetCatalog.get("synthetic_train")
+    by_type = {image_type(r["annotations"]): r for r in records}
+    assert set(by_type) == {0, 1, 2}
+    for k, record in by_type.items():
+        np.random.seed(0)
+        d = mapper(record)
+        # 64 px crops at 1.5x, astro's 128 px crops at 0.75x: 96 px either way
+        assert tuple(d["image"].shape[1:]) == (96, 96), k
+    plain = CellDatasetMapper(load_cfg(real, ["INPUT.CROP.ENABLED", "False"]), True)
+    scaled = CellDatasetMapper(load_cfg(real, ["INPUT.CROP.ENABLED", "False",
+                                               "INPUT.TRAIN_SCALE_BY_TYPE", "[1.0, 0.5, 1.0]"]),
+                               True)
+    for k, record in by_type.items():
+        np.random.seed(1)
+        a = plain(record)["instances"].gt_masks.tensor.sum().item()
+        np.random.seed(1)
+        b = scaled(record)["instances"].gt_masks.tensor.sum().item()
+        # cell areas at factor^2 of the plain scale (nearest-neighbour resizing: about)
+        assert b == pytest.approx(a * (0.25 if k == 1 else 1.0), rel=0.05), k
+    assert image_type([]) == -1
+    assert image_type([{"category_id": 2}, {"category_id": 1}, {"category_id": 2}]) == 2
+    with pytest.raises(SetupError, match="one positive factor per class"):
+        load_cfg(real, ["INPUT.TRAIN_SCALE_BY_TYPE", "[1.0, 0.5]"])

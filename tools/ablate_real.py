@@ -68,6 +68,15 @@ TRAIN_VARIANTS = {
                  "crop_384", True),
     "anchors_1x": ("Base-YOLACT's anchors (sized for cells at the native scale)",
                    ["MODEL.ANCHOR_GENERATOR.SIZES", str(BASE_ANCHORS)], None, True),
+    # astrocytes are twice the others' diameter: trained and tested at a smaller scale
+    "astro_1x": ("astro images trained (384 px crops) and tested at 1x instead of 1.5x",
+                 ["INPUT.TRAIN_SCALE_BY_TYPE", "[1.0, 0.6667, 1.0]",
+                  "MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 0.6667, 1.0]"], None, True),
+    "astro_0.75x": ("astro images trained (512 px crops) and tested at 0.75x instead of 1.5x",
+                    ["INPUT.TRAIN_SCALE_BY_TYPE", "[1.0, 0.5, 1.0]",
+                     "MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 0.5, 1.0]"], None, True),
+    "part_iou": ("background anchors on a cell's mask below IoU 0.2 with it ignored",
+                 ["MODEL.YOLACT.PART_IOU", "0.2"], None, True),
 }
 # Test-time levers: the recipe's model evaluated with other settings.
 TEST_VARIANTS = {
@@ -81,6 +90,11 @@ TEST_VARIANTS = {
                         ["MODEL.YOLACT.MASK_THRESH_TEST", "0.5"]),
     "no_test_flips": ("no test-time flips (one view instead of 4)",
                       ["MODEL.YOLACT.TEST_FLIPS", "[]"]),
+    # astrocytes (twice the others' diameter) segmented again at a smaller scale
+    "test_astro_1x": ("astro-voted images at 1x instead of 1.5x",
+                      ["MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 0.6667, 1.0]"]),
+    "test_astro_0.75x": ("astro-voted images at 0.75x instead of 1.5x",
+                         ["MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 0.5, 1.0]"]),
 }
 
 
@@ -204,19 +218,22 @@ def run_cv(args):
     amp = native_bfloat16() if args.amp == "auto" else args.amp == "bfloat16"
     common = ["SEED", args.seed, "SOLVER.AMP.ENABLED", amp]
     no_eval = ["DATASETS.TEST", "()"]
-    unknown = [v for v in args.variants if v not in TRAIN_VARIANTS]
+    unknown = [v for v in args.variants if v not in TRAIN_VARIANTS and v not in TEST_VARIANTS]
     if unknown:
-        raise SystemExit(f"error: --folds takes training variants ({', '.join(TRAIN_VARIANTS)}), "
-                         f"not {unknown[0]!r}")
-    variants = args.variants
+        raise SystemExit(f"error: unknown variant {unknown[0]!r}; training variants: "
+                         f"{', '.join(TRAIN_VARIANTS)}; test-time: {', '.join(TEST_VARIANTS)}")
+    # a test-time variant re-evaluates the recipe's fold models
+    needs_recipe = any(v in TEST_VARIANTS for v in args.variants)
+    variants = list(dict.fromkeys((["recipe"] if needs_recipe else []) + args.variants))
+    trained = [v for v in variants if v in TRAIN_VARIANTS]
     s_it = {}
-    if any(TRAIN_VARIANTS[v][2] or not TRAIN_VARIANTS[v][3] for v in variants):
+    if any(TRAIN_VARIANTS[v][2] or not TRAIN_VARIANTS[v][3] for v in trained):
         s_it["synthetic"] = calibrate(config, "('synthetic_train',)",
                                       os.path.join(out, "calibration_synthetic"),
                                       no_eval + common, pre_root)
         for name, dataset, opts in [("real", "('real_train',)", []),
                                     *[(v, "('real_train',)", TRAIN_VARIANTS[v][1])
-                                      for v in variants if TRAIN_VARIANTS[v][2]]]:
+                                      for v in trained if TRAIN_VARIANTS[v][2]]]:
             s_it[name] = calibrate(config, dataset, os.path.join(out, f"calibration_{name}"),
                                    no_eval + common + opts, roots[0])
     pretrained = os.path.join(out, "pretrain", "model_final.pth")
@@ -227,14 +244,21 @@ def run_cv(args):
                   pre_root, os.path.join(out, "pretrain.log"))
     thresh = args.score_thresh
     for name in variants:
-        what, opts, _, from_pretrained = TRAIN_VARIANTS[name]
-        iters = variant_iters(name, args, s_it)
+        if name in TRAIN_VARIANTS:
+            what, opts, _, from_pretrained = TRAIN_VARIANTS[name]
+            iters = variant_iters(name, args, s_it)
+        else:
+            (what, opts), iters = TEST_VARIANTS[name], variant_iters("recipe", args, s_it)
         os.makedirs(os.path.join(out, name), exist_ok=True)
         fold_results, fold_images = [], []
         for f, root in enumerate(roots):
             folder = os.path.join(out, name, f"fold{f}")
             found = os.path.join(folder, "inference", "real_val", "coco_instances_results.json")
-            if not os.path.isfile(found):
+            if not os.path.isfile(found) and name in TEST_VARIANTS:
+                train_net(config, ["--eval-only", "MODEL.WEIGHTS", os.path.join(
+                    out, "recipe", f"fold{f}", "model_final.pth"), "OUTPUT_DIR", folder, *common,
+                    *opts], root, folder + ".log")
+            elif not os.path.isfile(found):
                 train_net(config, ["MODEL.WEIGHTS", pretrained if from_pretrained else "",
                                    *schedule(iters), "TEST.EVAL_PERIOD", iters,
                                    "OUTPUT_DIR", folder, *common, *opts], root, folder + ".log")

@@ -20,7 +20,7 @@ from detectron2.utils import comm
 
 import cellseg_d2  # noqa: F401  (registers datasets and the Yolact meta-architecture)
 from cellseg_d2.checkpoint import FittingCheckpointer, check_weights, load_weights
-from cellseg_d2.config import SetupError, apply_epochs, load_cfg
+from cellseg_d2.config import SetupError, apply_epochs, load_cfg, num_classes
 from cellseg_d2.data.coco_checks import COCOFormatError
 from cellseg_d2.data.datasets import DatasetMissingError
 from cellseg_d2.diameter import training_cell_diameters
@@ -39,10 +39,8 @@ def setup(args):
     if not args.eval_only and cfg.DATASETS.TRAIN:
         # A property of the training cells, recorded in OUTPUT_DIR/config.yaml with the model
         # (predict --diameter scales by it).
-        classes = (cfg.MODEL.YOLACT.NUM_CLASSES if cfg.MODEL.META_ARCHITECTURE == "Yolact"
-                   else cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         cfg.MODEL.CELL_DIAMETER, cfg.MODEL.CELL_DIAMETER_BY_CLASS = \
-            training_cell_diameters(cfg.DATASETS.TRAIN, classes)
+            training_cell_diameters(cfg.DATASETS.TRAIN, num_classes(cfg))
     cfg.freeze()
     default_setup(cfg, args)
     if per_epoch:
