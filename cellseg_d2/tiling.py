@@ -74,6 +74,13 @@ def remove_duplicates(cells: list, depth: list, bucket: int = 64) -> list:
     return kept
 
 
+def is_uniform(image: np.ndarray) -> bool:
+    """One value everywhere (a blank field; the zero padding around a stitched well): no cell
+    can be there, and the network is not run on it (a featureless input gives it nothing to
+    find, only its own border responses)."""
+    return image.size == 0 or image.min() == image.max()
+
+
 class CellSegmenter:
     """``segmenter(image)`` -> Cells (box-local, scoring above ``score_thresh``, may overlap;
     see cells.paint_labels) for an HxWx3 BGR image of any size (an array, or
@@ -177,6 +184,8 @@ class CellSegmenter:
                 for x in tile_starts(width, side, overlap)]
 
     def whole_cells(self, image: np.ndarray, scale: float = None) -> list:
+        if is_uniform(image):
+            return []
         kwargs = {} if scale is None else {"scale": scale}
         return cells_from_instances(self.predictor(image, **kwargs)["instances"].to("cpu"),
                                     self.score_thresh)
@@ -190,6 +199,8 @@ class CellSegmenter:
         kwargs = {} if scale is None else {"scale": scale}
         th, tw = tile.shape[:2]
         inner = (x > 0, y > 0, x + tw < width, y + th < height)  # left, top, right, bottom
+        if is_uniform(tile):
+            return [], []
         instances = self.predictor(tile, **kwargs)["instances"].to("cpu")
         cells, depth = [], []
         for c in cells_from_instances(instances, self.score_thresh, (x, y), t):

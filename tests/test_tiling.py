@@ -205,6 +205,28 @@ def test_tiles_stitch_into_one_instance_per_cell():
         assert len(ids) == 1 and np.array_equal(gt == ids[0], label == k)
 
 
+def test_uniform_tiles_are_not_run():
+    """The zero padding around a stitched well: its tiles are not run through the model, and
+    the cells are those of the well alone; a uniform image has none."""
+    rng = np.random.default_rng(5)
+    _, gt, _ = synthesize_mosaic(rng, 1, 2, ("cort",))
+    cfg = get_cfg()
+    add_yolact_config(cfg)
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 520, 704
+    padded = np.zeros((2000, 2500), gt.dtype)
+    padded[:gt.shape[0], :gt.shape[1]] = gt
+    oracle = LabelOracle()
+    cells = CellSegmenter(oracle, cfg, score_thresh=0.5)(encoded(padded))
+    starts_y, starts_x = tile_starts(2000, 520, 130), tile_starts(2500, 520, 130)
+    holding = sum(1 for y in starts_y for x in starts_x
+                  if padded[y:y + 520, x:x + 520].any())
+    assert oracle.calls == holding < len(starts_y) * len(starts_x)
+    label, kept = paint_labels(cells, padded.shape)
+    assert len(kept) == len(np.unique(gt)) - 1
+    assert CellSegmenter(oracle, cfg, 0.5)(np.full((300, 400, 3), 7, np.uint8)) == []
+    assert oracle.calls == holding
+
+
 def test_predict_on_a_mosaic_writes_every_output_consistently(trained, tmp_path):
     import roifile
     import tifffile
