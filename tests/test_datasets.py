@@ -187,6 +187,16 @@ def test_each_type_trains_at_its_scale(tiny_synthetic, monkeypatch):
         b = scaled(record)["instances"].gt_masks.tensor.sum().item()
         # cell areas at factor^2 of the plain scale (nearest-neighbour resizing: about)
         assert b == pytest.approx(a * (0.25 if k == 1 else 1.0), rel=0.05), k
+    # several factors for a type: one drawn per image
+    mixed = CellDatasetMapper(load_cfg(real, ["INPUT.CROP.ENABLED", "False",
+                                              "INPUT.TRAIN_SCALE_BY_TYPE", "[1.0, [0.5, 1.0], 1.0]"]),
+                              True)
+    h, w = by_type[1]["height"], by_type[1]["width"]
+    sizes = set()
+    for seed in range(12):
+        np.random.seed(seed)
+        sizes.add(tuple(sorted(mixed(by_type[1])["image"].shape[1:])))  # transposed or not
+    assert sizes == {tuple(sorted((round(h * f), round(w * f)))) for f in (0.75, 1.5)}
     assert image_type([]) == -1
     assert image_type([{"category_id": 2}, {"category_id": 1}, {"category_id": 2}]) == 2
     with pytest.raises(SetupError, match="one positive factor per class"):

@@ -15,7 +15,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 
-from ..config import inference_scale
+from ..config import inference_scale, type_scale_factors
 from .image_io import read_image
 from .segmentation import annotation_rles
 
@@ -178,17 +178,17 @@ class CellDatasetMapper(DatasetMapper):
     def __init__(self, cfg, is_train: bool = True):
         super().__init__(cfg, is_train)
         self.augmentations = T.AugmentationList(build_augmentations(cfg, is_train))
-        # INPUT.TRAIN_SCALE_BY_TYPE: each image is trained at its type's factor of the scale
-        factors = list(cfg.INPUT.TRAIN_SCALE_BY_TYPE) if is_train else []
+        # INPUT.TRAIN_SCALE_BY_TYPE: each image is trained at one of its type's factors of the
+        # scale, drawn per image
+        factors = type_scale_factors(cfg) if is_train else []
         self.augmentations_by_type = {
-            k: T.AugmentationList(build_augmentations(cfg, True, f))
-            for k, f in enumerate(factors) if f != 1.0}
+            k: [T.AugmentationList(build_augmentations(cfg, True, f)) for f in fs]
+            for k, fs in enumerate(factors) if fs != [1.0]}
 
     def augmentations_for(self, dataset_dict) -> T.AugmentationList:
-        if not self.augmentations_by_type:
-            return self.augmentations
-        return self.augmentations_by_type.get(image_type(dataset_dict.get("annotations", ())),
-                                              self.augmentations)
+        choices = self.augmentations_by_type.get(
+            image_type(dataset_dict.get("annotations", ())), [self.augmentations])
+        return choices[np.random.randint(len(choices))] if len(choices) > 1 else choices[0]
 
     def __call__(self, dataset_dict):
         d = copy.deepcopy(dataset_dict)
