@@ -68,6 +68,12 @@ def add_yolact_config(cfg):
     # factor is not 1 the image is segmented again at factor x the test scale, and those
     # detections are kept. Costs a second pass for those images.
     _C.TEST_RESCALE_BY_TYPE = []
+    # Each class's score at which its detections are called cells (empty: off), chosen on
+    # validation images where its F1 is best (evaluation/calibration.py; tools/train_real.py
+    # writes it): scores are remapped per class, s ** (ln 0.5 / ln t), so that each class's
+    # threshold lands on 0.5 (TEST.INSTANCE_SCORE_THRESH's default) and its order is kept (its
+    # AP unchanged). A class the model is less sure of (astrocytes) gets a lower one.
+    _C.TEST_SCORE_THRESH_BY_CLASS = []
     # Padding multiple for the input batch. P6/P7 come from P5 by strided convs, so 32 (the
     # FPN top-down path's need) is enough; the FPN's own 128 would pad 520 to 640.
     _C.SIZE_DIVISIBILITY = 32

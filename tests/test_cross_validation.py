@@ -109,3 +109,27 @@ def test_cross_validation_runs_end_to_end(tiny_synthetic, tmp_path):
     assert sorted(im["file_name"] for v in vals for im in v) == sorted(
         {im["file_name"] for v in vals for im in v}) and sum(map(len, vals)) == 6
     assert "pooled segm AP" in proc.stdout
+
+
+def test_each_class_threshold_where_its_f1_is_best(tmp_path):
+    """calibration.best_thresholds: astro's cells scored 0.9, 0.8, 0.35, 0.3 and three
+    misses below them (one a duplicate of a found cell) -> its best cut is just under 0.3 (every
+    cell, no miss); cort's cells all at 0.95 and a miss at 0.6 -> just under 0.95."""
+    from cellseg_d2.evaluation.calibration import best_thresholds
+
+    data = ground_truth(ids=(1, 2))
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    gt = load_ground_truth(str(tmp_path / "gt.json"))
+    astro = [r for r in perfect(data) if r["image_id"] == 1]  # image 1: 4 astro cells
+    cort = [r for r in perfect(data, 0.95) if r["image_id"] == 2]
+    results = [dict(r, score=s) for r, s in zip(astro, (0.9, 0.8, 0.35, 0.3))]
+    results += [dict(astro[0], score=0.25),  # a duplicate of the first cell: a miss
+                dict(astro[1], score=0.2, image_id=2, category_id=1)]  # where no astro is
+    results += cort + [dict(cort[0], score=0.6, image_id=1, category_id=2)]
+    got = best_thresholds(gt, results, ["astro", "cort"])
+    assert got["astro"] == {"thresh": 0.29, "f1": 1.0, "precision": 1.0, "recall": 1.0}
+    assert got["cort"]["thresh"] == 0.94 and got["cort"]["f1"] == 1.0
+    # fewer than all: at 0.5, astro has 2 of 4 cells, no miss
+    only_high = best_thresholds(gt, [r for r in results if r["score"] > 0.5], ["astro", "cort"])
+    assert only_high["astro"]["recall"] == 0.5 and only_high["astro"]["precision"] == 1.0
+    assert best_thresholds(gt, cort, ["astro", "cort"])["astro"] is None

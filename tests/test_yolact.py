@@ -206,6 +206,36 @@ def test_rescale_by_type_runs_the_voted_types_scale(monkeypatch):
         with_test_time_policy(tiny_cfg(**{"MODEL.YOLACT.TEST_RESCALE_BY_TYPE": "[2.0]"}), plain)
 
 
+def test_score_thresholds_by_class_remap_each_class_onto_half():
+    """TEST_SCORE_THRESH_BY_CLASS: each class's threshold lands on 0.5, the order within a
+    class is kept (its AP unchanged), detections and masks are those of the plain model."""
+    from cellseg_d2.modeling.test_time_augmentation import calibrated_scores
+
+    thresholds = [0.3, 0.5, 0.7]
+    scores = torch.tensor([0.3, 0.5, 0.7, 0.2, 0.9, 0.05])
+    classes = torch.tensor([0, 1, 2, 0, 2, 0])
+    got = calibrated_scores(scores, classes, thresholds)
+    assert torch.allclose(got[:3], torch.full((3,), 0.5))
+    assert got[3] < 0.5 and got[4] > 0.5 and got[3] > scores[3] and got[4] < scores[4]
+    plain = tta_model()  # no test-time policy asked: the Yolact itself
+    image = make_input(64, 96, 6)["image"]
+    with torch.no_grad():
+        want = plain([{"image": image}])[0]["instances"]
+        model = with_test_time_policy(tiny_cfg(**{
+            "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0,
+            "MODEL.YOLACT.TEST_SCORE_THRESH_BY_CLASS": str(thresholds)}), plain)
+        got = model([{"image": image}])[0]["instances"]
+    assert len(got) == len(want) > 0 and torch.equal(got.pred_masks, want.pred_masks)
+    assert torch.allclose(got.scores, calibrated_scores(want.scores, want.pred_classes,
+                                                        thresholds))
+    for c in range(3):  # within a class, the same order
+        a, b = want.scores[want.pred_classes == c], got.scores[got.pred_classes == c]
+        assert torch.equal(a.argsort(), b.argsort())
+    with pytest.raises(ValueError, match="TEST_SCORE_THRESH_BY_CLASS"):
+        with_test_time_policy(tiny_cfg(**{"MODEL.YOLACT.TEST_SCORE_THRESH_BY_CLASS":
+                                          "[0.3, 1.0, 0.5]"}), plain)
+
+
 def test_one_type_per_image_gives_every_detection_the_voted_type():
     """Per class, Fast NMS keeps a cell twice when the classifier splits it between two types
     (A: cort, B: astro, same place); with TEST_ONE_TYPE_PER_IMAGE the image's type (astro:

@@ -39,6 +39,17 @@ def one_type_nms(model, vote_thresh: float):
     return nms
 
 
+def calibrated_scores(scores: torch.Tensor, classes: torch.Tensor, thresholds: list,
+                      target: float = 0.5) -> torch.Tensor:
+    """Scores remapped per class, s ** (ln target / ln t_c): class c's threshold t_c becomes
+    ``target``, 0 and 1 stay, and the order within a class is kept."""
+    from ..evaluation.calibration import exponents
+
+    gamma = torch.as_tensor(exponents(thresholds, target), dtype=scores.dtype,
+                            device=scores.device)
+    return scores.clamp(min=0) ** gamma[classes]
+
+
 def rescaled_input(inputs: dict, factor: float) -> dict:
     """A model input with its image resized by ``factor``, output at the original size."""
     image = inputs["image"]
@@ -61,7 +72,8 @@ class YolactWithTTA(nn.Module):
     anchor by anchor before Fast NMS. TEST_ONE_TYPE_PER_IMAGE: one_type_nms.
     TEST_RESCALE_BY_TYPE: each image is segmented at the test scale, its type voted on its
     detections (TEST_TYPE_VOTE_THRESH), and segmented again at that type's factor where it is
-    not 1 (its first pass then pastes no masks)."""
+    not 1 (its first pass then pastes no masks). TEST_SCORE_THRESH_BY_CLASS: the final scores
+    remapped per class (calibrated_scores)."""
 
     def __init__(self, cfg, model):
         super().__init__()
@@ -71,6 +83,7 @@ class YolactWithTTA(nn.Module):
         self.check(cfg)
         y = cfg.MODEL.YOLACT
         self.rescale_by_type = [float(f) for f in y.TEST_RESCALE_BY_TYPE]
+        self.thresholds = [float(t) for t in y.TEST_SCORE_THRESH_BY_CLASS]
         self.vote_thresh = y.TEST_TYPE_VOTE_THRESH
         self.nms = one_type_nms(model, self.vote_thresh) if y.TEST_ONE_TYPE_PER_IMAGE else None
         dims = sorted({FLIP_DIMS[f] for f in y.TEST_FLIPS})
@@ -88,16 +101,26 @@ class YolactWithTTA(nn.Module):
         if factors and (len(factors) != y.NUM_CLASSES or min(factors) <= 0):
             raise ValueError(f"MODEL.YOLACT.TEST_RESCALE_BY_TYPE needs one positive factor per "
                              f"class ({y.NUM_CLASSES}), got {factors}")
+        thresholds = list(y.TEST_SCORE_THRESH_BY_CLASS)
+        if thresholds and (len(thresholds) != y.NUM_CLASSES or
+                           not all(0 < t < 1 for t in thresholds)):
+            raise ValueError(f"MODEL.YOLACT.TEST_SCORE_THRESH_BY_CLASS needs one threshold in "
+                             f"(0, 1) per class ({y.NUM_CLASSES}), got {thresholds}")
 
     def forward(self, batched_inputs: list[dict]):
         assert not self.training, "YolactWithTTA is for inference"
         if not self.rescale_by_type:
-            return self.inference(batched_inputs)
-        results = self.inference(batched_inputs, want_masks=lambda i: self.factor(i) == 1.0)
-        for i, (inputs, result) in enumerate(zip(batched_inputs, results)):
-            factor = self.factor(result["instances"])
-            if factor != 1.0:
-                results[i] = self.inference([rescaled_input(inputs, factor)])[0]
+            results = self.inference(batched_inputs)
+        else:
+            results = self.inference(batched_inputs, want_masks=lambda i: self.factor(i) == 1.0)
+            for i, (inputs, result) in enumerate(zip(batched_inputs, results)):
+                factor = self.factor(result["instances"])
+                if factor != 1.0:
+                    results[i] = self.inference([rescaled_input(inputs, factor)])[0]
+        if self.thresholds:
+            for r in results:
+                inst = r["instances"]
+                inst.scores = calibrated_scores(inst.scores, inst.pred_classes, self.thresholds)
         return results
 
     def factor(self, instances) -> float:
@@ -174,7 +197,8 @@ def unflip(x, dims, negate=False):
 
 def asks_for_test_time_policy(cfg) -> bool:
     y = cfg.MODEL.YOLACT
-    return bool(y.TEST_FLIPS or y.TEST_RESCALE_BY_TYPE or y.TEST_ONE_TYPE_PER_IMAGE)
+    return bool(y.TEST_FLIPS or y.TEST_RESCALE_BY_TYPE or y.TEST_ONE_TYPE_PER_IMAGE or
+                y.TEST_SCORE_THRESH_BY_CLASS)
 
 
 def with_test_time_policy(cfg, model):
