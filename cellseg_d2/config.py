@@ -31,11 +31,11 @@ def add_yolact_config(cfg):
     # truth also gets its best anchor.
     _C.POS_IOU = 0.5
     _C.NEG_IOU = 0.4
-    # Background anchors centred on a cell's mask with IoU below PART_IOU with that cell (a small
-    # part of a large cell: ~160 per astrocyte against ~11 per cort cell at 0.2) are ignored
-    # instead: as OHEM's hardest negatives they teach the shared head that a large cell's own
-    # texture is background. 0 = off (BENCHMARKS.md, "Astrocytes: background anchors on the
-    # cell"; not better at 45 minutes, one core).
+    # Background anchors centred on a cell's mask, no larger than its box, with IoU below
+    # PART_IOU with that cell (pieces of a large cell: ~190 per astrocyte against ~40 per cort
+    # cell) are ignored instead: as OHEM's hardest negatives they teach the shared head that a
+    # large cell's own texture is background. Anchors larger than the cell stay background.
+    # 0 = off; NEG_IOU (0.4): no piece of a cell is background (BENCHMARKS.md, "Astrocytes").
     _C.PART_IOU = 0.0
     _C.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # YOLACT's variances 0.1 / 0.2
     _C.SMOOTH_L1_BETA = 1.0

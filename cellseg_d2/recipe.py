@@ -11,7 +11,7 @@ import sys
 from detectron2.evaluation.testing import flatten_results_dict
 
 from . import budget as budget_plan
-from .config import schedule_opts
+from .config import load_cfg, schedule_opts
 from .data.coco_input import read_coco_export
 from .data.label_images import read_label_images, write_label_images
 from .data.sartorius import (
@@ -22,7 +22,9 @@ from .data.sartorius import (
 from .data.synthetic import generate_dataset
 from .data.training_folder import is_training_folder, read_training_folder
 from .engine import native_bfloat16
-from .utils import write_json
+from .evaluation.calibration import best_thresholds, calibrated
+from .evaluation.files import kaggle_metric, load_ground_truth
+from .utils import atomic_open, write_json
 
 # the training entry point each stage runs (a separate process: its own time limit and log)
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools")
@@ -229,9 +231,33 @@ def train(args, inputs, out, config, data_root, eval_reserve, budget, elapsed):
                        "OUTPUT_DIR", out, "SOLVER.MAX_SECONDS", limit_s, *common],
               data_root, os.path.join(out, "finetune.log"))
     stopped["finetune"] = time_limit_iter(os.path.join(out, "metrics.json"))
+    points = operating_points(out, data_root) if args.arch == "yolact" else None
     report(out, elapsed(), s_it, pre, fine, args, amp, why,
-           {k: v for k, v in stopped.items() if v is not None})
+           {k: v for k, v in stopped.items() if v is not None}, points=points)
     return 0
+
+
+def operating_points(out: str, data_root: str) -> dict:
+    """Each class's threshold where its F1 on the validation images is best
+    (evaluation.calibration), from the final evaluation's detections, written into the model's
+    config (MODEL.YOLACT.TEST_SCORE_THRESH_BY_CLASS): predictions with the model call cells
+    there. Returns {class: {"thresh", "f1", "precision", "recall", "kaggle"}} on those images,
+    recall and Kaggle at the thresholds (a class without validation cells keeps 0.5)."""
+    gt = load_ground_truth(os.path.join(data_root, "real", "annotations", "val.json"))
+    with open(os.path.join(out, "inference", "real_val", "coco_instances_results.json")) as f:
+        results = json.load(f)
+    cats = sorted(gt.getCatIds())
+    names = [c["name"] for c in gt.loadCats(cats)]
+    best = best_thresholds(gt, results, names)
+    thresholds = [best[n]["thresh"] if best[n] else 0.5 for n in names]
+    config = os.path.join(out, "config.yaml")
+    cfg = load_cfg(config)
+    cfg.MODEL.YOLACT.TEST_SCORE_THRESH_BY_CLASS = thresholds
+    with atomic_open(config, "w") as f:
+        f.write(cfg.dump())
+    kaggle = kaggle_metric(gt, calibrated(results, dict(zip(cats, thresholds))), 0.5, names)
+    return {n: dict(best[n] or {"thresh": 0.5}, kaggle=kaggle.get(f"score-{n}"))
+            for n in names} | {"all": {"kaggle": kaggle["score"]}}
 
 
 def train_synthetic_only(args, inputs, out, config, data_root, budget, elapsed, s_it, startup,
@@ -298,19 +324,31 @@ def final_metrics(folder: str) -> dict:
         return [json.loads(line) for line in f if "segm/AP" in line][-1]
 
 
-def report(out, wall, s_it, pre, fine, args, amp, why, stopped, evaluation=None):
+def report(out, wall, s_it, pre, fine, args, amp, why, stopped, evaluation=None, points=None):
     """Print and write (train_real.json) the run's per-class table, from its final evaluation
-    (in ``out``, or the --eval-only run in ``evaluation``)."""
+    (in ``out``, or the --eval-only run in ``evaluation``); with ``points`` (operating_points),
+    each class's threshold and its Kaggle score and recall there."""
     evaluation = evaluation or out
     with open(os.path.join(evaluation, "inference", "real_val", "per_class_segm.json")) as f:
         table = json.load(f)
     final = final_metrics(evaluation)
+    kaggle = points["all"]["kaggle"] if points else final["kaggle/score"]
     print(f"\nreal_val (mask AP at up to 1000 detections, %): segm AP {final['segm/AP']:.1f}, "
-          f"bbox AP {final['bbox/AP']:.1f}, Kaggle {final['kaggle/score']:.1f}")
-    print(f"{'class':8s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s} {'Kaggle':>7s}")
+          f"bbox AP {final['bbox/AP']:.1f}, Kaggle {kaggle:.1f}")
+    extra = f" {'thresh':>7s} {'recall':>7s}" if points else ""
+    print(f"{'class':8s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s} {'Kaggle':>7s}{extra}")
     for name, v in table.items():
-        kaggle = final.get(f"kaggle/score-{name}", float("nan"))
-        print(f"{name:8s} {v['AP']:6.1f} {v['AP50']:6.1f} {v['AP75']:6.1f} {kaggle:7.1f}")
+        row = f"{name:8s} {v['AP']:6.1f} {v['AP50']:6.1f} {v['AP75']:6.1f}"
+        if points:  # Kaggle and recall (IoU 0.5) at the class's threshold
+            p = points[name]
+            row += f" {nan_if_none(p['kaggle']):7.1f} {p['thresh']:7.2f} " \
+                   f"{100 * nan_if_none(p.get('recall')):6.0f}%"
+        else:
+            row += f" {final.get(f'kaggle/score-{name}', float('nan')):7.1f}"
+        print(row)
+    if points:
+        print("(Kaggle and recall at each class's threshold, chosen on these images where its "
+              "F1 is best: written into config.yaml, MODEL.YOLACT.TEST_SCORE_THRESH_BY_CLASS)")
     stages = " + ".join(
         ([f"{pre} iterations at {s_it['synthetic']:.2f} s/it"] if pre else []) +
         ([f"{fine} at {s_it['real']:.2f} s/it"] if fine else ["on synthetic images only"]))
@@ -320,4 +358,8 @@ def report(out, wall, s_it, pre, fine, args, amp, why, stopped, evaluation=None)
         print(f"note: the {stage} reached its time limit at iteration {it}: the rest was skipped")
     write_json(os.path.join(out, "train_real.json"), dict(
         summary(args, wall, s_it, amp, why, pre, fine, stopped), segm_per_class=table,
-        metrics={k: v for k, v in final.items() if "/" in k}))
+        metrics={k: v for k, v in final.items() if "/" in k}, operating_points=points))
+
+
+def nan_if_none(v) -> float:
+    return float("nan") if v is None else v

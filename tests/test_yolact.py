@@ -300,9 +300,9 @@ def test_grid_matching_equals_dense_on_real_anchor_layout(seed):
 
 
 def test_parts_of_cells_are_small_anchors_centred_on_a_mask():
-    """PART_IOU: an anchor is a part of a cell when its centre pixel is on that cell's mask and
-    its IoU with the cell's box is below the limit; checked against a per-anchor loop over a
-    large cell with a hole, a small one and anchors off the image."""
+    """PART_IOU: an anchor is a part of a cell when its centre pixel is on that cell's mask, it
+    is no larger than the cell's box and its IoU with it is below the limit; checked against a
+    per-anchor loop over a large cell with a hole, a small one and anchors off the image."""
     masks = torch.zeros(2, 120, 160, dtype=torch.bool)
     masks[0, 10:110, 20:120] = True
     masks[0, 50:70, 60:80] = False  # a hole: anchors centred there are not on the cell
@@ -319,8 +319,16 @@ def test_parts_of_cells_are_small_anchors_centred_on_a_mask():
     for r, (x0, y0, x1, y1) in enumerate(anchors.tensor.tolist()):
         cx, cy = math.floor((x0 + x1) / 2), math.floor((y0 + y1) / 2)
         if 0 <= cx < 160 and 0 <= cy < 120:
-            expected[r] = any(masks[k, cy, cx] and ious[k, r] < 0.2 for k in range(2))
+            area = (x1 - x0) * (y1 - y0)
+            expected[r] = any(masks[k, cy, cx] and ious[k, r] < 0.2 and
+                              area <= inst.gt_boxes.area()[k] for k in range(2))
     assert 50 < int(part.sum()) < 2950
+    # anchors centred on the small cell, larger than it: background, not parts of it
+    centres = anchors.get_centers().floor().long()
+    on_small = torch.tensor([bool(0 <= x < 160 and 0 <= y < 120 and masks[1, y, x])
+                             for x, y in centres.tolist()])
+    around = on_small & (anchors.area() > 400) & (ious[1] < 0.2)
+    assert around.sum() > 10 and not part[around].any()
     assert torch.equal(part, expected)
 
 

@@ -82,8 +82,8 @@ TRAIN_VARIANTS = {
     "class_balanced": ("images of rare types repeated (RepeatFactorTrainingSampler, 0.5)",
                        ["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
                         "DATALOADER.REPEAT_THRESHOLD", "0.5"], None, True),
-    "part_iou": ("background anchors on a cell's mask below IoU 0.2 with it ignored",
-                 ["MODEL.YOLACT.PART_IOU", "0.2"], None, True),
+    "part_iou": ("background anchors centred on a cell, no larger than it, ignored",
+                 ["MODEL.YOLACT.PART_IOU", "0.4"], None, True),
 }
 # Test-time levers: the recipe's model evaluated with other settings.
 TEST_VARIANTS = {

@@ -137,8 +137,9 @@ def mask_tensor(inst: Instances) -> torch.Tensor:
 
 
 def parts_of_cells(inst: Instances, anchors: Boxes, part_iou: float) -> torch.Tensor:
-    """(R,) bool: anchors whose centre lies on a ground-truth mask and whose IoU with that cell
-    is below ``part_iou``."""
+    """(R,) bool: anchors whose centre lies on a ground-truth mask, no larger than that cell's
+    box, with IoU below ``part_iou`` with it: a piece of the cell, not an anchor of a coarser
+    level that should stay background around a small cell."""
     t = mask_tensor(inst)
     h, w = t.shape[1:]
     centres = anchors.get_centers().floor().long()
@@ -149,7 +150,8 @@ def parts_of_cells(inst: Instances, anchors: Boxes, part_iou: float) -> torch.Te
     part = torch.zeros(len(anchors), dtype=torch.bool, device=t.device)
     if len(near):
         ious = pairwise_iou(inst.gt_boxes, anchors[near])
-        part[near] = (on_cell[:, near] & (ious < part_iou)).any(dim=0)
+        smaller = anchors[near].area()[None] <= inst.gt_boxes.area()[:, None]
+        part[near] = (on_cell[:, near] & smaller & (ious < part_iou)).any(dim=0)
     return part
 
 
