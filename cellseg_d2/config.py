@@ -96,14 +96,6 @@ def add_yolact_config(cfg):
     # (low, high): in training, scale by a random factor in [low, high] (after INPUT.CROP);
     # (): by MIN_SIZE_TRAIN / TEST.TILE.NATIVE_SHORT_SIDE (mapper.ScaleFromNative).
     cfg.INPUT.TRAIN_SCALE = ()
-    # One factor, or a list of factors, per class (empty: off): an image is trained at its
-    # type's factor (the class most of its cells hold; of several, one drawn per image) x
-    # INPUT.TRAIN_SCALE, its absolute crop divided by the factor (the same network pixels):
-    # cells of very different sizes then reach the network at similar sizes, as Cellpose
-    # rescales each image to one diameter. The test scales to match are
-    # MODEL.YOLACT.TEST_RESCALE_BY_TYPE; a type whose images are also trained at factor 1 is
-    # still recognised at the test scale, where its type is voted.
-    cfg.INPUT.TRAIN_SCALE_BY_TYPE = []
     # COCO evaluation: the three maxDets (empty: 1, 10, DETECTIONS_PER_IMAGE; AP is read at the
     # last) and the small / medium / large area limits in px^2 (COCO's 32^2, 96^2; LIVECell's
     # protocol: maxDets 100, 500, 2000, limits 324, 961, class-agnostic).
@@ -192,11 +184,6 @@ def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None)
             YolactWithTTA.check(cfg)
         except ValueError as e:
             raise SetupError(f"{config_file}: {e}") from None
-    factors = type_scale_factors(cfg)
-    if factors and (not cfg.INPUT.TRAIN_SCALE or len(factors) != num_classes(cfg)
-                    or min(min(f, default=0) for f in factors) <= 0):
-        raise SetupError(f"{config_file}: INPUT.TRAIN_SCALE_BY_TYPE needs INPUT.TRAIN_SCALE and "
-                         f"one positive factor per class ({num_classes(cfg)}), got {factors}")
     if cfg.TEST.AUG.ENABLED and cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
         raise SetupError(f"{config_file}: TEST.AUG is Detectron2's test-time augmentation for "
                          f"Mask R-CNN; YOLACT's is MODEL.YOLACT.TEST_FLIPS")
@@ -207,12 +194,6 @@ def load_cfg(config_file: str, opts=(), weights: str = None, device: str = None)
     elif cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     return cfg
-
-
-def type_scale_factors(cfg) -> list:
-    """INPUT.TRAIN_SCALE_BY_TYPE as a list of factors per class (a number is a list of one)."""
-    return [[float(v) for v in f] if isinstance(f, (list, tuple)) else [float(f)]
-            for f in cfg.INPUT.TRAIN_SCALE_BY_TYPE]
 
 
 def num_classes(cfg) -> int:

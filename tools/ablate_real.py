@@ -69,14 +69,6 @@ TRAIN_VARIANTS = {
                  "crop_384", True),
     "anchors_1x": ("Base-YOLACT's anchors (sized for cells at the native scale)",
                    ["MODEL.ANCHOR_GENERATOR.SIZES", str(BASE_ANCHORS)], None, True),
-    # astrocytes are twice the others' diameter: trained (their images half the time) and
-    # tested at a smaller scale; still trained at the recipe's scale, where the type is voted
-    "astro_1x": ("astro images trained at 1x (384 px crops) or 1.5x, tested at 1x",
-                 ["INPUT.TRAIN_SCALE_BY_TYPE", "[1.0, [0.6667, 1.0], 1.0]",
-                  "MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 0.6667, 1.0]"], None, True),
-    "astro_0.75x": ("astro images trained at 0.75x (512 px crops) or 1.5x, tested at 0.75x",
-                    ["INPUT.TRAIN_SCALE_BY_TYPE", "[1.0, [0.5, 1.0], 1.0]",
-                     "MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 0.5, 1.0]"], None, True),
     # Detectron2's repeat-factor sampling (LVIS): images of the rarer types (Sartorius' 26
     # training images: shsy5y 3, astro 7, cort 16) repeated by sqrt(0.5 / their share)
     "class_balanced": ("images of rare types repeated (RepeatFactorTrainingSampler, 0.5)",

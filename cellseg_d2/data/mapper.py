@@ -15,7 +15,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 
-from ..config import inference_scale, type_scale_factors
+from ..config import inference_scale
 from .image_io import read_image
 from .segmentation import annotation_rles
 
@@ -88,25 +88,19 @@ class ScaleFromNative(T.ResizeShortestEdge):
         return ScaleBy(size / self.native_short_side).get_transform(image)
 
 
-def build_augmentations(cfg, is_train: bool, factor: float = 1.0):
+def build_augmentations(cfg, is_train: bool):
     """Test: resize by config.inference_scale (every path: evaluation, predict, tiles). Training: a
     random crop of the original image (INPUT.CROP, as in Detectron2's DatasetMapper: crop
     first, so masks are cut before they are resized), then a random scale factor in
     INPUT.TRAIN_SCALE (low, high), or else INPUT.MIN_SIZE_TRAIN as factors of the native short
-    side (ScaleFromNative), then flips and, with INPUT.TRANSPOSE, a random transpose.
-
-    ``factor`` (INPUT.TRAIN_SCALE_BY_TYPE) multiplies INPUT.TRAIN_SCALE and divides an absolute
-    crop's size, so the crop covers the same network pixels at any factor."""
+    side (ScaleFromNative), then flips and, with INPUT.TRANSPOSE, a random transpose."""
     if not is_train:
         return [ScaleBy(inference_scale(cfg))]
     augs = []
     if cfg.INPUT.CROP.ENABLED:
-        size = cfg.INPUT.CROP.SIZE
-        if cfg.INPUT.CROP.TYPE == "absolute":
-            size = [max(1, round(s / factor)) for s in size]
-        augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, size))
+        augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     if cfg.INPUT.TRAIN_SCALE:
-        augs.append(RandomScale(*(s * factor for s in cfg.INPUT.TRAIN_SCALE)))
+        augs.append(RandomScale(*cfg.INPUT.TRAIN_SCALE))
     else:
         augs.append(ScaleFromNative(cfg.INPUT.MIN_SIZE_TRAIN, cfg.TEST.TILE.NATIVE_SHORT_SIDE,
                                     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING))
@@ -167,35 +161,17 @@ def inside_crop(anns, crop: T.CropTransform) -> list:
     return out
 
 
-def image_type(annotations) -> int:
-    """The class most of an image's (non-crowd) annotations hold; -1 for none (a tie goes to
-    the lower class index)."""
-    classes = [a["category_id"] for a in annotations if not a.get("iscrowd", 0)]
-    return int(np.bincount(classes).argmax()) if classes else -1
-
-
 class CellDatasetMapper(DatasetMapper):
     def __init__(self, cfg, is_train: bool = True):
         super().__init__(cfg, is_train)
         self.augmentations = T.AugmentationList(build_augmentations(cfg, is_train))
-        # INPUT.TRAIN_SCALE_BY_TYPE: each image is trained at one of its type's factors of the
-        # scale, drawn per image
-        factors = type_scale_factors(cfg) if is_train else []
-        self.augmentations_by_type = {
-            k: [T.AugmentationList(build_augmentations(cfg, True, f)) for f in fs]
-            for k, fs in enumerate(factors) if fs != [1.0]}
-
-    def augmentations_for(self, dataset_dict) -> T.AugmentationList:
-        choices = self.augmentations_by_type.get(
-            image_type(dataset_dict.get("annotations", ())), [self.augmentations])
-        return choices[np.random.randint(len(choices))] if len(choices) > 1 else choices[0]
 
     def __call__(self, dataset_dict):
         d = copy.deepcopy(dataset_dict)
         image = read_image(d["file_name"], self.image_format)
         utils.check_image_size(d, image)
         aug_input = T.AugInput(image)
-        transforms = self.augmentations_for(d)(aug_input)
+        transforms = self.augmentations(aug_input)
         image = aug_input.image
         d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         anns = [a for a in d.pop("annotations", []) if not a.get("iscrowd", 0)]
