@@ -69,6 +69,12 @@ TRAIN_VARIANTS = {
                  "crop_384", True),
     "anchors_1x": ("Base-YOLACT's anchors (sized for cells at the native scale)",
                    ["MODEL.ANCHOR_GENERATOR.SIZES", str(BASE_ANCHORS)], None, True),
+    # the crop's pixels in fewer, larger crops: an iteration costs about the same, and a
+    # large cell (an astrocyte is up to ~200 px across) is cut by the crop's edge less often
+    "crop_384_b2": ("2 crops of 384 px per batch instead of 4 of 256 (same pixels)",
+                    ["INPUT.CROP.SIZE", "[384, 384]", "SOLVER.IMS_PER_BATCH", "2"], None, True),
+    "crop_512_b1": ("1 crop of 512 px per batch instead of 4 of 256 (same pixels)",
+                    ["INPUT.CROP.SIZE", "[512, 512]", "SOLVER.IMS_PER_BATCH", "1"], None, True),
     # Detectron2's repeat-factor sampling (LVIS): images of the rarer types (Sartorius' 26
     # training images: shsy5y 3, astro 7, cort 16) repeated by sqrt(0.5 / their share)
     "class_balanced": ("images of rare types repeated (RepeatFactorTrainingSampler, 0.5)",

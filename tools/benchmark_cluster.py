@@ -173,7 +173,7 @@ def main(argv=None):
         inputs = os.path.join(tmp, "inputs")
         n, pixels = make_inputs(inputs, args.images, args.well, args.sparse_well)
         rows = {}
-        for workers in [0, *map(int, args.workers.split(","))]:
+        for workers in [0, *(int(w) for w in args.workers.split(",") if w)]:
             name = "in-process (1 thread)" if not workers else f"local:{workers}"
             out = os.path.join(tmp, f"out{workers}")
             rows[name] = run_fresh(args, inputs, out, workers)
