@@ -29,6 +29,29 @@ def test_16bit_tiff_percentile_scaling(tmp_path):
     assert (np.diff(flat_out[order].astype(int)) >= 0).all()
 
 
+@pytest.mark.parametrize("pad", [0, 65535])
+@pytest.mark.parametrize("share", [0.003, 0.3])
+def test_padding_of_a_stitched_canvas_does_not_set_the_grey_levels(pad, share):
+    """Fields on a canvas of one value (a stitched well's padding, or saturation): the fields
+    get the grey levels they have alone, whether they fill 0.3% of the canvas (where the
+    padding filled both percentiles and every field pixel came out 255) or 30%."""
+    rng = np.random.default_rng(3)
+    field = rng.integers(3000, 4000, (40, 50)).astype(np.uint16)
+    side = int(round((field.size / share) ** 0.5))
+    canvas = np.full((side, side), pad, np.uint16)
+    canvas[5:45, 7:57] = field
+    out = to_uint8(canvas)
+    np.testing.assert_array_equal(out[5:45, 7:57], to_uint8(field))
+    assert (out[canvas == pad] == (0 if pad == 0 else 255)).all()  # drawn, clipped
+
+
+def test_an_image_of_two_values_keeps_both():
+    img = np.zeros((10, 10), np.uint16)
+    img[:, 5:] = 1000
+    out = to_uint8(img)
+    assert out[0, 0] == 0 and out[0, 9] == 255
+
+
 def test_constant_image_does_not_divide_by_zero():
     assert to_uint8(np.full((4, 4), 7, np.uint16)).max() == 0
 

@@ -207,6 +207,13 @@ def test_train_real_within_budget(tiny_synthetic, tmp_path):
     pretrain_cfg = yaml.safe_load((out / "pretrain" / "config.yaml").read_text())
     assert pretrain_cfg["DATASETS"]["TRAIN"] == ["synthetic_train", "extra_train"]
     assert pretrain_cfg["SOLVER"]["MAX_SECONDS"] > 0  # every stage has its time limit
+    # Each class's operating point, chosen on the validation images, is the model's own.
+    points = summary["operating_points"]
+    written = yaml.safe_load((out / "config.yaml").read_text())["MODEL"]["YOLACT"][
+        "TEST_SCORE_THRESH_BY_CLASS"]
+    assert written == [points[c]["thresh"] for c in ("shsy5y", "astro", "cort")]
+    assert all(0 < t < 1 for t in written)
+    assert "thresh" in proc.stdout
 
 
 def _train_real_module():

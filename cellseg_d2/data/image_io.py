@@ -3,7 +3,9 @@
 8-bit images are used as they are. Images with more than 8 bits (16-bit TIFF, float) are scaled
 linearly so that their 0.5th percentile maps to 0 and the 99.5th to 255 (clipped), which keeps
 the dim phase-contrast range instead of dividing by 65535 and getting a black image; alpha is
-dropped first and non-finite pixels (NaN, inf) are left out of the percentiles and drawn black.
+dropped first and non-finite pixels (NaN, inf) are left out of the percentiles and drawn black;
+so is (left out, drawn clipped) the lowest or highest value where it alone fills more than
+0.5% of the image: the padding of a stitched well, or saturation.
 Grayscale is replicated to 3 channels, since Detectron2 models expect 3-channel input.
 
 TIFFs are read with tifffile (any compression, planar or interleaved samples, several pages);
@@ -63,9 +65,18 @@ def value_range(counts: tuple) -> tuple | None:
     """(lo, hi): the PERCENTILES of the values (linear between order statistics, as
     numpy.percentile), from value_counts; None for an image with no finite value."""
     values, n = counts
-    total = int(n.sum())
-    if total == 0:
+    if n.sum() == 0:
         return None
+    # Padding (a stitched well's canvas around its fields) or saturation: an extreme value alone
+    # holding more than a percentile clips would set that end of the range by itself and squeeze
+    # the cells' grey levels (a well 0.3% fields in zeros had every cell at 255, and no cell
+    # found). Left out of the percentiles; its pixels are still drawn, clipped.
+    ends = [e for e in (0, len(n) - 1) if n[e] > PERCENTILES[0] / 100.0 * n.sum()]
+    if ends and len(n) > len(ends) + 1:
+        keep = np.ones(len(n), bool)
+        keep[ends] = False
+        values, n = values[keep], n[keep]
+    total = int(n.sum())
     cumulative = np.cumsum(n)
     out = []
     for q in PERCENTILES:
