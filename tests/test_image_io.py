@@ -45,6 +45,17 @@ def test_padding_of_a_stitched_canvas_does_not_set_the_grey_levels(pad, share):
     assert (out[canvas == pad] == (0 if pad == 0 else 255)).all()  # drawn, clipped
 
 
+def test_a_saturated_tail_stays_in_the_percentiles():
+    """2% of the pixels at 65535 next to a distribution that runs up to it (a phase-contrast
+    halo clipped by the camera, as in Usiigaci's images): plain percentiles, as numpy's."""
+    from cellseg_d2.data.image_io import value_counts, value_range
+
+    rng = np.random.default_rng(4)
+    img = rng.integers(20000, 65535, (100, 100)).astype(np.uint16)
+    img.ravel()[rng.choice(img.size, 200, replace=False)] = 65535
+    np.testing.assert_allclose(value_range(value_counts(img)), np.percentile(img, [0.5, 99.5]))
+
+
 def test_an_image_of_two_values_keeps_both():
     img = np.zeros((10, 10), np.uint16)
     img[:, 5:] = 1000

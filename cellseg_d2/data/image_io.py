@@ -4,8 +4,9 @@
 linearly so that their 0.5th percentile maps to 0 and the 99.5th to 255 (clipped), which keeps
 the dim phase-contrast range instead of dividing by 65535 and getting a black image; alpha is
 dropped first and non-finite pixels (NaN, inf) are left out of the percentiles and drawn black;
-so is (left out, drawn clipped) the lowest or highest value where it alone fills more than
-0.5% of the image: the padding of a stitched well, or saturation.
+so is (left out, drawn clipped) a stitched well's padding: the lowest or highest value where
+it alone fills more than 0.5% of the image, apart from the other values (a saturated tail,
+contiguous with them, stays in) or filling both percentiles.
 Grayscale is replicated to 3 channels, since Detectron2 models expect 3-channel input.
 
 TIFFs are read with tifffile (any compression, planar or interleaved samples, several pages);
@@ -63,19 +64,38 @@ def merge_counts(parts: list) -> tuple:
 
 def value_range(counts: tuple) -> tuple | None:
     """(lo, hi): the PERCENTILES of the values (linear between order statistics, as
-    numpy.percentile), from value_counts; None for an image with no finite value."""
+    numpy.percentile), from value_counts; None for an image with no finite value. Padding is
+    left out of them: see _padding."""
     values, n = counts
     if n.sum() == 0:
         return None
-    # Padding (a stitched well's canvas around its fields) or saturation: an extreme value alone
-    # holding more than a percentile clips would set that end of the range by itself and squeeze
-    # the cells' grey levels (a well 0.3% fields in zeros had every cell at 255, and no cell
-    # found). Left out of the percentiles; its pixels are still drawn, clipped.
-    ends = [e for e in (0, len(n) - 1) if n[e] > PERCENTILES[0] / 100.0 * n.sum()]
-    if ends and len(n) > len(ends) + 1:
+    lo, hi = _percentiles(values, n)
+    padding = _padding(values, n, collapsed=hi <= lo)
+    if padding:
         keep = np.ones(len(n), bool)
-        keep[ends] = False
-        values, n = values[keep], n[keep]
+        keep[padding] = False
+        lo, hi = _percentiles(values[keep], n[keep])
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def _padding(values: np.ndarray, n: np.ndarray, collapsed: bool) -> list:
+    """The ends (0, -1) of the sorted values that are a stitched well's padding: one value
+    alone filling more than a percentile clips, apart from the other values (by more than 1%
+    of their range) or filling both percentiles. Such a value would set the range by itself and
+    squeeze the cells' grey levels (a well of 0.3% fields in zeros had every cell at 255, and
+    no cell found). A saturated tail (65535 next to 65534, ...) is the image's own brightest
+    pixels and stays in."""
+    if len(n) < 3:
+        return []
+    found, v = [], values.astype(np.float64)
+    for end, nearest, far in ((0, 1, -1), (len(n) - 1, -2, 0)):
+        apart = abs(v[nearest] - v[end]) > 0.01 * abs(v[far] - v[nearest])
+        if n[end] > PERCENTILES[0] / 100.0 * n.sum() and (apart or collapsed):
+            found.append(end)
+    return found if len(found) < len(n) - 1 else []
+
+
+def _percentiles(values: np.ndarray, n: np.ndarray) -> tuple:
     total = int(n.sum())
     cumulative = np.cumsum(n)
     out = []
@@ -85,8 +105,7 @@ def value_range(counts: tuple) -> tuple | None:
         a = float(values[np.searchsorted(cumulative, i, side="right")])
         b = float(values[np.searchsorted(cumulative, min(i + 1, total - 1), side="right")])
         out.append(a + (b - a) * (pos - i))
-    lo, hi = out
-    return lo, (hi if hi > lo else lo + 1.0)
+    return tuple(out)
 
 
 def to_uint8(image: np.ndarray, scaling: tuple = None) -> np.ndarray:
