@@ -133,3 +133,27 @@ def test_each_class_threshold_where_its_f1_is_best(tmp_path):
     only_high = best_thresholds(gt, [r for r in results if r["score"] > 0.5], ["astro", "cort"])
     assert only_high["astro"]["recall"] == 0.5 and only_high["astro"]["precision"] == 1.0
     assert best_thresholds(gt, cort, ["astro", "cort"])["astro"] is None
+
+
+def test_held_out_thresholds_are_chosen_on_the_other_folds_images_alone(tmp_path):
+    """calibration.held_out_calibration: fold 1's astro threshold is chosen on fold 0's images
+    only. There (image 1: 4 astro cells, found at 0.9, 0.8, 0.35, 0.3, with 5 false ones from
+    0.6 down to 0.4) F1 is best at 0.79; counting fold 1's astro cells as missed too would
+    halve the recall and move it to 0.29, where fold 1's cells (all at 0.5) are all kept."""
+    from cellseg_d2.evaluation.calibration import held_out_calibration
+
+    data = ground_truth()  # image 1: astro, 2: cort, 3: astro; 4 cells each
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    gt = load_ground_truth(str(tmp_path / "gt.json"))
+    cells = perfect(data)
+    image1 = [r for r in cells if r["image_id"] == 1]
+    fold0 = [dict(r, score=s) for r, s in zip(image1, (0.9, 0.8, 0.35, 0.3))]
+    fold0 += [dict(image1[0], score=s, image_id=2) for s in (0.6, 0.55, 0.5, 0.45, 0.4)]
+    fold0 += [r for r in cells if r["image_id"] == 2]  # cort, all found at 1.0
+    fold1 = [dict(r, score=0.5) for r in cells if r["image_id"] == 3]
+    got = held_out_calibration(gt, [fold0, fold1], [[1, 2], [3]], ["astro", "cort"])
+    # fold 0 at fold 1's astro threshold (0.49): 2 cells and 3 false ones kept; fold 1 at 0.79:
+    # none of its 4
+    assert got["astro"] == {"thresholds": [0.49, 0.79], "recall": 25.0, "precision": 40.0}
+    # fold 1 holds no cort cell: fold 0 keeps 0.5; fold 1 has no cort detection to judge
+    assert got["cort"] == {"thresholds": [0.5, 0.95], "recall": 100.0, "precision": 100.0}

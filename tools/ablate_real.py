@@ -274,7 +274,7 @@ def run_cv(args):
             print(f"{name} fold {f}: {len(fold_results[-1])} detections", flush=True)
         report = cross_validation_report(gt, pool_folds(fold_results, fold_images), thresh)
         names = [c["name"] for c in gt.loadCats(sorted(gt.getCatIds()))]
-        report["calibrated"] = held_out_calibration(gt, fold_results, names)
+        report["calibrated"] = held_out_calibration(gt, fold_results, fold_images, names)
         rows = report.pop("per_image")
         write_csv(os.path.join(out, name, "per_image.csv"), rows, list(rows[0]))
         write_json(os.path.join(out, name, "cv.json"),

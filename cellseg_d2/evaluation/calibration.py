@@ -13,14 +13,14 @@ import pycocotools.mask as mask_util
 GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)  # thresholds tried (a detection counts above)
 
 
-def matches(gt, results: list, iou: float = 0.5) -> tuple:
-    """({category_id: [(score, matched?)]}, {category_id: ground-truth cells}) over the images
-    of ``gt`` (a pycocotools COCO); crowd regions are not cells."""
+def matches(gt, results: list, iou: float = 0.5, images=None) -> tuple:
+    """({category_id: [(score, matched?)]}, {category_id: ground-truth cells}) over ``images``
+    (ids; default: every image of ``gt``, a pycocotools COCO); crowd regions are not cells."""
     by_image = defaultdict(list)
     for r in results:
         by_image[(r["image_id"], r["category_id"])].append(r)
     found, cells = defaultdict(list), defaultdict(int)
-    for img in gt.getImgIds():
+    for img in gt.getImgIds() if images is None else images:
         for cat in gt.getCatIds():
             anns = [a for a in gt.loadAnns(gt.getAnnIds(imgIds=[img], catIds=[cat]))
                     if not a.get("iscrowd", 0)]
@@ -42,11 +42,11 @@ def matches(gt, results: list, iou: float = 0.5) -> tuple:
     return found, cells
 
 
-def best_thresholds(gt, results: list, names: list, iou: float = 0.5) -> dict:
+def best_thresholds(gt, results: list, names: list, iou: float = 0.5, images=None) -> dict:
     """{class name: {"thresh", "f1", "precision", "recall"}}: per class, the threshold of GRID
-    with the best F1 at mask IoU ``iou`` (the highest of equal ones); None for a class without
-    cells or detections."""
-    found, cells = matches(gt, results, iou)
+    with the best F1 at mask IoU ``iou`` (the highest of equal ones) on ``images`` (ids; default
+    every image of ``gt``); None for a class without cells or detections."""
+    found, cells = matches(gt, results, iou, images)
     out = {}
     for cat, name in zip(sorted(gt.getCatIds()), names):
         dets = np.array(found.get(cat, []), dtype=float).reshape(-1, 2)
@@ -81,25 +81,27 @@ def calibrated(results: list, thresholds: dict) -> list:
     return [dict(r, score=float(r["score"] ** e[r["category_id"]])) for r in results]
 
 
-def held_out_calibration(gt, fold_results: list, names: list) -> dict:
-    """Cross-validated operating points: each fold's detections judged at the thresholds chosen
-    on the other folds' (best_thresholds; 0.5 for a class they cannot place). Returns {class:
-    {"thresholds": per fold, "recall", "precision"}} at mask IoU 0.5 (%), pooled over folds."""
+def held_out_calibration(gt, fold_results: list, fold_images: list, names: list) -> dict:
+    """Cross-validated operating points: each fold's detections (on its images, ids in
+    ``fold_images``) judged at the thresholds chosen on the other folds' images and detections
+    (best_thresholds; 0.5 for a class they cannot place). Returns {class: {"thresholds": per
+    fold, "recall", "precision"}} at mask IoU 0.5 (%), pooled over folds."""
     cats = sorted(gt.getCatIds())
-    tp, kept = np.zeros(len(cats)), np.zeros(len(cats))
+    tp, kept, cells = np.zeros(len(cats)), np.zeros(len(cats)), np.zeros(len(cats))
     chosen = {n: [] for n in names}
     for f, results in enumerate(fold_results):
-        others = [r for g, rs in enumerate(fold_results) if g != f for r in rs]
-        best = best_thresholds(gt, others, names)
-        found, _ = matches(gt, results)
+        others = [g for g in range(len(fold_results)) if g != f]
+        best = best_thresholds(gt, [r for g in others for r in fold_results[g]], names,
+                               images=[i for g in others for i in fold_images[g]])
+        found, fold_cells = matches(gt, results, images=fold_images[f])
         for k, (cat, name) in enumerate(zip(cats, names)):
+            cells[k] += fold_cells[cat]
             t = best[name]["thresh"] if best[name] else 0.5
             chosen[name].append(t)
             above = [hit for score, hit in found.get(cat, []) if score > t]
             tp[k] += sum(above)
             kept[k] += len(above)
-    _, cells = matches(gt, [])
     return {name: {"thresholds": chosen[name],
-                   "recall": float(100 * tp[k] / max(cells[cat], 1)),
+                   "recall": float(100 * tp[k] / max(cells[k], 1)),
                    "precision": float(100 * tp[k] / max(kept[k], 1))}
             for k, (cat, name) in enumerate(zip(cats, names))}
