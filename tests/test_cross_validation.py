@@ -1,15 +1,18 @@
 """Cross-validation (tools/ablate_real.py --folds): folds stratified by cell type, every image
 validated once, the folds' detections pooled and scored as one evaluation."""
+import importlib.util
 import json
+import os
 from collections import Counter
 
 import pytest
 
+from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.data.sartorius import ConversionError, kfold_parts
 from cellseg_d2.evaluation.files import ScoringError, load_ground_truth
 from cellseg_d2.evaluation.pooled import cross_validation_report, pool_folds
 
-from .conftest import tool
+from .conftest import REPO, tool
 from .test_evaluate_inputs import ground_truth
 
 # sartorius_recon's mix: 21 cort, 9 astro, 4 shsy5y
@@ -157,3 +160,20 @@ def test_held_out_thresholds_are_chosen_on_the_other_folds_images_alone(tmp_path
     assert got["astro"] == {"thresholds": [0.49, 0.79], "recall": 25.0, "precision": 40.0}
     # fold 1 holds no cort cell: fold 0 keeps 0.5; fold 1 has no cort detection to judge
     assert got["cort"] == {"thresholds": [0.5, 0.95], "recall": 100.0, "precision": 100.0}
+
+
+def test_every_variant_overrides_known_config_keys():
+    """A variant whose key or value the config refuses would only fail after the
+    pretraining, an hour into a cross-validation."""
+    spec = importlib.util.spec_from_file_location("ablate_real", REPO / "tools" / "ablate_real.py")
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    config = os.path.join(ablate.CONFIGS, "real_R18_cpu.yaml")
+    variants = {**{k: v[1] for k, v in ablate.TRAIN_VARIANTS.items()},
+                **{k: v[1] for k, v in ablate.TEST_VARIANTS.items()}}
+    loaded = {name: load_cfg(config, opts) for name, opts in variants.items()}
+    assert loaded["mask_thresh_0.3"].MODEL.YOLACT.MASK_THRESH_TEST == 0.3
+    assert loaded["crop_512_b1"].INPUT.CROP.SIZE == [512, 512]
+    assert loaded["recipe"].MODEL.YOLACT.MASK_THRESH_TEST == 0.4
+    with pytest.raises(SetupError, match="unknown config key"):
+        load_cfg(config, ["MODEL.YOLACT.NO_SUCH_KEY", "1"])

@@ -93,6 +93,8 @@ TEST_VARIANTS = {
                 ["MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 1.3333, 1.3333]"]),
     "mask_thresh_0.5": ("mask threshold 0.5 instead of 0.4",
                         ["MODEL.YOLACT.MASK_THRESH_TEST", "0.5"]),
+    "mask_thresh_0.3": ("mask threshold 0.3 instead of 0.4",
+                        ["MODEL.YOLACT.MASK_THRESH_TEST", "0.3"]),
     "no_test_flips": ("no test-time flips (one view instead of 4)",
                       ["MODEL.YOLACT.TEST_FLIPS", "[]"]),
     # astrocytes (twice the others' diameter) segmented again at a smaller scale
