@@ -46,9 +46,13 @@ def best_thresholds(gt, results: list, names: list, iou: float = 0.5, images=Non
     """{class name: {"thresh", "f1", "precision", "recall"}}: per class, the threshold of GRID
     with the best F1 at mask IoU ``iou`` (the highest of equal ones) on ``images`` (ids; default
     every image of ``gt``); None for a class without cells or detections."""
-    found, cells = matches(gt, results, iou, images)
+    return thresholds_of(*matches(gt, results, iou, images), sorted(gt.getCatIds()), names)
+
+
+def thresholds_of(found: dict, cells: dict, cats: list, names: list) -> dict:
+    """best_thresholds from ``matches``' output (classes ``cats``, named ``names``)."""
     out = {}
-    for cat, name in zip(sorted(gt.getCatIds()), names):
+    for cat, name in zip(cats, names):
         dets = np.array(found.get(cat, []), dtype=float).reshape(-1, 2)
         if cells[cat] == 0 or len(dets) == 0:
             out[name] = None
@@ -89,11 +93,17 @@ def held_out_calibration(gt, fold_results: list, fold_images: list, names: list)
     cats = sorted(gt.getCatIds())
     tp, kept, cells = np.zeros(len(cats)), np.zeros(len(cats)), np.zeros(len(cats))
     chosen = {n: [] for n in names}
-    for f, results in enumerate(fold_results):
-        others = [g for g in range(len(fold_results)) if g != f]
-        best = best_thresholds(gt, [r for g in others for r in fold_results[g]], names,
-                               images=[i for g in others for i in fold_images[g]])
-        found, fold_cells = matches(gt, results, images=fold_images[f])
+    # matching is per image, so each fold's is computed once and pooled for the other folds
+    per_fold = [matches(gt, results, images=images)
+                for results, images in zip(fold_results, fold_images)]
+    for f, (found, fold_cells) in enumerate(per_fold):
+        others_found, others_cells = defaultdict(list), defaultdict(int)
+        for g, (found_g, cells_g) in enumerate(per_fold):
+            if g != f:
+                for cat in cats:
+                    others_found[cat] += found_g.get(cat, [])
+                    others_cells[cat] += cells_g[cat]
+        best = thresholds_of(others_found, others_cells, cats, names)
         for k, (cat, name) in enumerate(zip(cats, names)):
             cells[k] += fold_cells[cat]
             t = best[name]["thresh"] if best[name] else 0.5
