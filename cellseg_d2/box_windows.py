@@ -15,3 +15,11 @@ def box_windows(boxes, height: int, width: int, margin: float = 0.0, stride: int
     limit = b.new_tensor([math.ceil(width / stride), math.ceil(height / stride)])
     return torch.cat([torch.minimum(lo.clamp(min=0), limit),
                       torch.minimum(hi.clamp(min=0), limit)], dim=1).long()
+
+
+def grown_boxes(boxes, fraction: float):
+    """XYXY ``boxes`` grown by ``fraction`` of their width and height on every side (unclipped)."""
+    if not fraction:
+        return boxes
+    size = (boxes[:, 2:] - boxes[:, :2]) * fraction
+    return torch.cat([boxes[:, :2] - size, boxes[:, 2:] + size], dim=1)

@@ -53,6 +53,10 @@ def add_yolact_config(cfg):
     _C.NMS_THRESH_TEST = 0.5
     _C.TOPK_CANDIDATES_TEST = 2000  # per class, before Fast NMS
     _C.MASK_THRESH_TEST = 0.5
+    # Masks are trained and read over each box grown by this fraction of its width and height
+    # per side (0: training reads the box plus a prototype pixel, inference the box). A
+    # predicted box that stops short of a thin process otherwise cuts its mask straight.
+    _C.MASK_BOX_GROW = 0.0
     # Test-time augmentation: also run the image flipped ("horizontal", "vertical"; both:
     # all 4 combinations) and average the views anchor by anchor. Costs one pass per view.
     _C.TEST_FLIPS = []

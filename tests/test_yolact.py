@@ -10,7 +10,7 @@ from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 
 import cellseg_d2  # noqa: F401
 from cellseg_d2 import add_yolact_config
-from cellseg_d2.box_windows import box_windows
+from cellseg_d2.box_windows import box_windows, grown_boxes
 from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.modeling import yolact as yolact_module
 from cellseg_d2.modeling.inference import fast_nms
@@ -446,14 +446,55 @@ def test_mask_loss_covers_the_box_and_a_margin_only():
     gt = torch.zeros(1, 16, 16)
     gt[0, 4:8, 4:8] = 1
     box = torch.tensor([[16.0, 16.0, 32.0, 32.0]])  # stride 4 -> proto pixels 4..7
-    for margin, first_outside in ((0.0, 8), (1.0, 9)):
-        base = mask_loss(proto, coefs, gt, box, stride=4, margin=margin)
+    # grow 0.25 of 16 px = 4 px = one proto pixel per side: pixels 3..8
+    for margin, grow, first_outside in ((0.0, 0.0, 8), (1.0, 0.0, 9), (0.0, 0.25, 9),
+                                        (1.0, 0.25, 10)):
+        def loss(p, margin=margin, grow=grow):
+            return mask_loss(p, coefs, gt, box, stride=4, margin=margin, grow=grow)
+        base = loss(proto)
         changed = proto.clone()
         changed[:, first_outside:, first_outside:] += 5.0
-        assert torch.allclose(mask_loss(changed, coefs, gt, box, stride=4, margin=margin), base)
+        changed[:, :12 - first_outside, :12 - first_outside] += 5.0  # the same on the low side
+        assert torch.allclose(loss(changed), base)
         changed[:, first_outside - 1, first_outside - 1] += 5.0  # last pixel inside
-        assert not torch.allclose(mask_loss(changed, coefs, gt, box, stride=4, margin=margin),
-                                  base)
+        assert not torch.allclose(loss(changed), base)
+        changed = proto.clone()
+        changed[:, 12 - first_outside, 12 - first_outside] += 5.0  # first pixel inside
+        assert not torch.allclose(loss(changed), base)
+
+
+def test_mask_box_grow_trains_and_reads_masks_past_the_box():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**{"MODEL.YOLACT.MASK_BOX_GROW": 0.25}))
+    assert model.mask_box_grow == 0.25
+    batch = [make_input(96, 128, 6)]
+    model.train()
+    torch.manual_seed(1)  # the same masks trained in both runs
+    grown = model(batch)["loss_mask"]
+    model.mask_box_grow = 0.0
+    torch.manual_seed(1)
+    assert not torch.allclose(model(batch)["loss_mask"], grown)
+
+    model.eval()
+    model.score_thresh = 0.0
+    image = [{"image": make_input(96, 128, 0)["image"], "height": 150, "width": 200}]
+    with torch.no_grad():
+        in_box = model(image)[0]["instances"]
+        model.mask_box_grow = 0.25
+        past_box = model(image)[0]["instances"]
+    assert torch.equal(in_box.pred_boxes.tensor, past_box.pred_boxes.tensor)
+    boxes = in_box.pred_boxes.tensor
+    inside, inside_grown = (torch.zeros(len(boxes), 150, 200, dtype=torch.bool) for _ in "ab")
+    for i, (b, g) in enumerate(zip(box_windows(boxes, 150, 200).tolist(),
+                                   box_windows(grown_boxes(boxes, 0.25), 150, 200).tolist())):
+        inside[i, b[1]:b[3], b[0]:b[2]] = True
+        inside_grown[i, g[1]:g[3], g[0]:g[2]] = True
+    assert not (in_box.pred_masks & ~inside).any()
+    assert not (past_box.pred_masks & ~inside_grown).any()
+    assert (past_box.pred_masks & ~inside).any()  # read past the box
+    # inside the box the masks are the same pixels (sampled at the same points)
+    same = (past_box.pred_masks & inside) == in_box.pred_masks
+    assert same.float().mean() > 0.9999
 
 
 def test_ohem_uses_three_negatives_per_positive():
@@ -488,6 +529,12 @@ def test_overfits_one_tiny_batch():
     last = np.mean([[h[k] for k in first] for h in history[-5:]], 0)
     assert all(last[i] < first[k] for i, k in enumerate(first)), (first, last)
     assert sum(last) < 0.5 * sum(first.values())
+
+
+def test_grown_boxes():
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0]])
+    assert grown_boxes(boxes, 0.1).tolist() == [[8.0, 16.0, 32.0, 64.0]]
+    assert grown_boxes(boxes, 0.0) is boxes
 
 
 def test_box_windows_round_out_grow_and_clip():

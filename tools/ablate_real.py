@@ -80,6 +80,10 @@ TRAIN_VARIANTS = {
     "class_balanced": ("images of rare types repeated (RepeatFactorTrainingSampler, 0.5)",
                        ["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
                         "DATALOADER.REPEAT_THRESHOLD", "0.5"], None, True),
+    # masks trained and read past the box (a predicted box that stops short of an astrocyte's
+    # process cuts its mask straight; the loss trains the window past the box as well)
+    "mask_box_grow_0.2": ("masks trained and read over the box grown by 20% per side",
+                          ["MODEL.YOLACT.MASK_BOX_GROW", "0.2"], None, True),
     "part_iou": ("background anchors centred on a cell, no larger than it, ignored",
                  ["MODEL.YOLACT.PART_IOU", "0.4"], None, True),
 }

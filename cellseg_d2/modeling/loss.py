@@ -3,6 +3,7 @@ the semantic-segmentation auxiliary loss."""
 import torch
 import torch.nn.functional as F
 
+from ..box_windows import grown_boxes
 from .masks import assemble_masks
 
 
@@ -44,10 +45,11 @@ def box_region(boxes, height: int, width: int):
     return inside_y[:, :, None] & inside_x[:, None, :]
 
 
-def mask_loss(proto, coefs, gt_masks, gt_boxes, stride: float, margin: float = 1.0):
+def mask_loss(proto, coefs, gt_masks, gt_boxes, stride: float, margin: float = 1.0,
+              grow: float = 0.0):
     """Per instance: BCE between sigmoid(proto . coef) and its ground-truth mask, summed over
-    the ground-truth box widened by ``margin`` prototype pixels and divided by that region's
-    area, so small and large cells weigh alike.
+    the ground-truth box grown by ``grow`` of its size per side and then widened by ``margin``
+    prototype pixels, and divided by that region's area, so small and large cells weigh alike.
 
     The margin trains the prototype pixels just outside the box towards the (near zero)
     coverage there: inference upsamples bilinearly, so a box's edge pixels blend in their
@@ -55,9 +57,12 @@ def mask_loss(proto, coefs, gt_masks, gt_boxes, stride: float, margin: float = 1
 
     proto (k, h, w); coefs (n, k); gt_masks (n, h, w) coverage fractions at prototype
     resolution; gt_boxes (n, 4) in input pixels. Returns the sum over instances.
+
+    ``grow`` trains the window that inference reads past a predicted box (MASK_BOX_GROW)
+    towards this cell's mask and away from its neighbours'.
     """
     logits = assemble_masks(proto, coefs)
-    boxes = gt_boxes / stride + torch.tensor([-margin, -margin, margin, margin],
+    boxes = grown_boxes(gt_boxes, grow) / stride + torch.tensor([-margin, -margin, margin, margin],
                                              dtype=gt_boxes.dtype, device=gt_boxes.device)
     region = box_region(boxes, *proto.shape[1:]).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, gt_masks, reduction="none") * region

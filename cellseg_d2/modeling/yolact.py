@@ -9,6 +9,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, Instances
 from torch.profiler import record_function
 
+from ..box_windows import grown_boxes
 from .head import YolactHead
 from .inference import fast_nms
 from .loss import box_loss, mask_loss, ohem_class_loss, semantic_loss
@@ -70,6 +71,7 @@ class Yolact(DenseDetector):
         self.nms_thresh = y.NMS_THRESH_TEST
         self.topk_candidates = y.TOPK_CANDIDATES_TEST
         self.mask_thresh = y.MASK_THRESH_TEST
+        self.mask_box_grow = y.MASK_BOX_GROW
         self.max_detections = cfg.TEST.DETECTIONS_PER_IMAGE
 
     def forward(self, batched_inputs: list[dict]):
@@ -128,7 +130,8 @@ class Yolact(DenseDetector):
         for i, m in enumerate(targets.masks):
             if m is not None:
                 loss_mask = loss_mask + mask_loss(proto[i], coefs[i, m.anchors], m.coverage,
-                                                  m.boxes, self.proto_stride)
+                                                  m.boxes, self.proto_stride,
+                                                  grow=self.mask_box_grow)
         losses = {"loss_cls": loss_cls / targets.num_positive,
                   "loss_box": loss_box / targets.num_positive,
                   "loss_mask": loss_mask / targets.num_masks,
@@ -182,7 +185,8 @@ class Yolact(DenseDetector):
             rows, cols = math.ceil(image_size[0] / s), math.ceil(image_size[1] / s)
             image_proto = [p[:, :rows, :cols] for p in protos]
             kept_coefs = [c[candidates][keep] for c in coefs_views]
-            result.pred_masks = paste_masks(image_proto, kept_coefs, boxes.tensor,
+            windows = grown_boxes(boxes.tensor, self.mask_box_grow)
+            result.pred_masks = paste_masks(image_proto, kept_coefs, windows,
                                             (out_h, out_w), (s * scale_y, s * scale_x),
                                             self.mask_thresh)
         return result
