@@ -57,6 +57,10 @@ def add_yolact_config(cfg):
     # per side (0: training reads the box plus a prototype pixel, inference the box). A
     # predicted box that stops short of a thin process otherwise cuts its mask straight.
     _C.MASK_BOX_GROW = 0.0
+    # Each detection's score multiplied by its mask's mean probability over the mask's pixels
+    # (SOLOv2's "maskness"), and the detections re-sorted: the class score says a cell is there,
+    # not how well its mask outlines it, so a loosely outlined fragment can outrank a crisp mask.
+    _C.TEST_MASKNESS = False
     # Test-time augmentation: also run the image flipped ("horizontal", "vertical"; both:
     # all 4 combinations) and average the views anchor by anchor. Costs one pass per view.
     _C.TEST_FLIPS = []

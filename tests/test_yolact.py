@@ -172,15 +172,18 @@ def test_no_test_time_policy_leaves_the_model_as_it_is():
     assert wrapped.model is model and wrapped.training  # the model's mode
 
 
-def test_rescale_by_type_runs_the_voted_types_scale(monkeypatch):
+@pytest.mark.parametrize("maskness", [False, True])
+def test_rescale_by_type_runs_the_voted_types_scale(monkeypatch, maskness):
     """An image whose detections vote for a type with factor 2 is segmented again at 2x the
     test scale (what the plain model gives for the 2x image), output at the input's size, and
-    its first pass pastes no masks; one that votes for a factor-1 type keeps its first pass."""
+    its first pass pastes no masks; one that votes for a factor-1 type keeps its first pass
+    (also when maskness rescores it after the vote)."""
     pasted = []
     paste = yolact_module.paste_masks
     monkeypatch.setattr(yolact_module, "paste_masks",
-                        lambda *args: pasted.append(len(args[2])) or paste(*args))
+                        lambda *args, **kw: pasted.append(len(args[2])) or paste(*args, **kw))
     plain = tta_model()
+    plain.maskness = maskness
     image = make_input(64, 96, 6)["image"]
     with torch.no_grad():
         first = plain([{"image": image}])[0]["instances"]
@@ -432,12 +435,23 @@ def test_paste_masks_equals_dense_upsample_and_crop():
     image_proto = proto[:, :math.ceil(input_hw[0] / 4), :math.ceil(input_hw[1] / 4)]
     pasted = paste_masks(image_proto, coefs, boxes, output_hw,
                          (4 * output_hw[0] / input_hw[0], 4 * output_hw[1] / input_hw[1]))
-    dense = upsample_probabilities(proto, coefs, input_hw, output_hw, stride=4) > 0.5
+    probs = upsample_probabilities(proto, coefs, input_hw, output_hw, stride=4)
+    dense = probs > 0.5
+    again, maskness = paste_masks(image_proto, coefs, boxes, output_hw,
+                                  (4 * output_hw[0] / input_hw[0], 4 * output_hw[1] / input_hw[1]),
+                                  maskness=True)
+    assert torch.equal(again, pasted)
     for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         inside = torch.zeros(output_hw, dtype=torch.bool)
         inside[int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] = True
         assert torch.equal(pasted[i], dense[i] & inside)
-    assert pasted.any()
+        expected = probs[i][pasted[i]].mean() if pasted[i].any() else torch.tensor(0.0)
+        assert torch.allclose(maskness[i], expected, atol=1e-5)
+    assert pasted.any() and (maskness > 0.5).any()
+    # zero coefficients: probability 0.5 everywhere, nothing above the threshold
+    empty, zero = paste_masks(image_proto, torch.zeros(1, 8), boxes[:1], output_hw, (4.0, 4.0),
+                              maskness=True)
+    assert not empty.any() and zero.tolist() == [0.0]
 
 
 def test_mask_loss_covers_the_box_and_a_margin_only():
@@ -529,6 +543,30 @@ def test_overfits_one_tiny_batch():
     last = np.mean([[h[k] for k in first] for h in history[-5:]], 0)
     assert all(last[i] < first[k] for i, k in enumerate(first)), (first, last)
     assert sum(last) < 0.5 * sum(first.values())
+
+
+def test_maskness_rescores_and_resorts_the_same_detections(model):
+    model.eval()
+    model.score_thresh = 0.0
+    image = [{"image": make_input(96, 128, 0)["image"], "height": 150, "width": 200}]
+    try:
+        with torch.no_grad():
+            plain = model(image)[0]["instances"]
+            model.maskness = True
+            rescored = model(image)[0]["instances"]
+    finally:
+        model.maskness, model.score_thresh = False, 0.05
+    assert len(plain) == len(rescored) > 1
+    assert (rescored.scores[:-1] >= rescored.scores[1:]).all()
+    # the same detections (boxes), each score times a mean probability above the mask threshold
+    key = {tuple(b): i for i, b in enumerate(plain.pred_boxes.tensor.tolist())}
+    order = torch.tensor([key[tuple(b)] for b in rescored.pred_boxes.tensor.tolist()])
+    assert not torch.equal(order, torch.arange(len(order)))  # re-sorted
+    assert torch.equal(rescored.pred_masks, plain.pred_masks[order])
+    ratio = rescored.scores / plain.scores[order]
+    empty = ~rescored.pred_masks.flatten(1).any(dim=1)
+    assert (ratio[empty] == 0).all()
+    assert ((ratio[~empty] > model.mask_thresh) & (ratio[~empty] <= 1 + 1e-6)).all()
 
 
 def test_grown_boxes():

@@ -12,7 +12,7 @@ def assemble_masks(proto, coefs):
 
 
 def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 0.5,
-                chunk: int = 128):
+                chunk: int = 128, maskness: bool = False):
     """Each instance's mask probabilities, sampled bilinearly (``F.grid_sample``,
     align_corners=False, as Detectron2 pastes masks) at the output pixels inside its box, as a
     bool (n, H, W) tensor.
@@ -23,6 +23,7 @@ def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 
     mapped back to the image's orientation); the mask is the mean of the views' probabilities.
     Instances go in chunks of similar box size, each sampling a (chunk, box_h, box_w) grid, so
     memory and time follow the boxes' area, never n x H x W floats.
+    ``maskness``: also return each mask's mean probability over its pixels (n,), 0 when empty.
     """
     out_h, out_w = output_hw
     protos = list(proto) if isinstance(proto, (list, tuple)) else [proto]
@@ -30,8 +31,9 @@ def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 
     proto, coefs = protos[0], coefs_views[0]
     n = coefs.shape[0]
     masks = torch.zeros((n, out_h, out_w), dtype=torch.bool, device=coefs.device)
+    mean_prob = torch.zeros(n, device=coefs.device)
     if n == 0:
-        return masks
+        return (masks, mean_prob) if maskness else masks
     windows = box_windows(boxes, out_h, out_w)
     sizes = windows[:, 2:] - windows[:, :2]  # (w, h)
     # Output pixel centre -> grid_sample's [-1, 1] over the prototypes.
@@ -49,9 +51,13 @@ def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 
         grid = torch.stack([(xs * to_grid[0] - 1)[:, None, :].expand(-1, hmax, -1),
                             (ys * to_grid[1] - 1)[:, :, None].expand(-1, -1, wmax)], dim=-1)
         sampled = F.grid_sample(probs, grid, mode="bilinear", padding_mode="border",
-                                align_corners=False)[:, 0] > threshold
+                                align_corners=False)[:, 0]
+        inside = sampled > threshold
         for j, i in enumerate(idx.tolist()):
             (x0, y0, _, _), (w, h) = windows_l[i], sizes_l[i]
             if h and w:
-                masks[i, y0:y0 + h, x0:x0 + w] = sampled[j, :h, :w]
-    return masks
+                masks[i, y0:y0 + h, x0:x0 + w] = inside[j, :h, :w]
+                if maskness:
+                    pixels = sampled[j, :h, :w][inside[j, :h, :w]]
+                    mean_prob[i] = pixels.mean() if len(pixels) else 0.0
+    return (masks, mean_prob) if maskness else masks

@@ -114,7 +114,8 @@ class YolactWithTTA(nn.Module):
         else:
             results = self.inference(batched_inputs, want_masks=lambda i: self.factor(i) == 1.0)
             for i, (inputs, result) in enumerate(zip(batched_inputs, results)):
-                factor = self.factor(result["instances"])
+                inst = result["instances"]  # masks were pasted where the vote gave factor 1
+                factor = 1.0 if inst.has("pred_masks") else self.factor(inst)
                 if factor != 1.0:
                     results[i] = self.inference([rescaled_input(inputs, factor)])[0]
         if self.thresholds:

@@ -72,6 +72,7 @@ class Yolact(DenseDetector):
         self.topk_candidates = y.TOPK_CANDIDATES_TEST
         self.mask_thresh = y.MASK_THRESH_TEST
         self.mask_box_grow = y.MASK_BOX_GROW
+        self.maskness = y.TEST_MASKNESS
         self.max_detections = cfg.TEST.DETECTIONS_PER_IMAGE
 
     def forward(self, batched_inputs: list[dict]):
@@ -186,7 +187,13 @@ class Yolact(DenseDetector):
             image_proto = [p[:, :rows, :cols] for p in protos]
             kept_coefs = [c[candidates][keep] for c in coefs_views]
             windows = grown_boxes(boxes.tensor, self.mask_box_grow)
-            result.pred_masks = paste_masks(image_proto, kept_coefs, windows,
-                                            (out_h, out_w), (s * scale_y, s * scale_x),
-                                            self.mask_thresh)
+            pasted = paste_masks(image_proto, kept_coefs, windows, (out_h, out_w),
+                                 (s * scale_y, s * scale_x), self.mask_thresh,
+                                 maskness=self.maskness)
+            if not self.maskness:
+                result.pred_masks = pasted
+                return result
+            result.pred_masks, mean_prob = pasted
+            result.scores = result.scores * mean_prob
+            result = result[result.scores.argsort(descending=True)]
         return result
