@@ -57,7 +57,11 @@ def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 
             (x0, y0, _, _), (w, h) = windows_l[i], sizes_l[i]
             if h and w:
                 masks[i, y0:y0 + h, x0:x0 + w] = inside[j, :h, :w]
-                if maskness:
-                    pixels = sampled[j, :h, :w][inside[j, :h, :w]]
-                    mean_prob[i] = pixels.mean() if len(pixels) else 0.0
+        if maskness:  # over each instance's own window of the chunk's grid
+            own = ((torch.arange(hmax, device=coefs.device) < sizes[idx, 1, None])[:, :, None]
+                   & (torch.arange(wmax, device=coefs.device) < sizes[idx, 0, None])[:, None, :])
+            pixels = inside & own
+            count = pixels.sum(dim=(1, 2))
+            mean_prob[idx] = torch.where(count > 0, (sampled * pixels).sum(dim=(1, 2))
+                                         / count.clamp(min=1), torch.zeros_like(sampled[:, 0, 0]))
     return (masks, mean_prob) if maskness else masks
