@@ -56,6 +56,7 @@ def add_yolact_config(cfg):
     # Masks are trained and read over each box grown by this fraction of its width and height
     # per side (0: training reads the box plus a prototype pixel, inference the box). A
     # predicted box that stops short of a thin process otherwise cuts its mask straight.
+    # Measured worse on real cells at 0.2 (BENCHMARKS.md, "Astrocytes, fourth round").
     _C.MASK_BOX_GROW = 0.0
     # Each detection's score multiplied by its mask's mean probability over the mask's pixels
     # (SOLOv2's "maskness"), and the detections re-sorted: the class score says a cell is there,

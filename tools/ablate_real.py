@@ -99,8 +99,8 @@ TEST_VARIANTS = {
                         ["MODEL.YOLACT.MASK_THRESH_TEST", "0.5"]),
     "mask_thresh_0.3": ("mask threshold 0.3 instead of 0.4",
                         ["MODEL.YOLACT.MASK_THRESH_TEST", "0.3"]),
-    "maskness": ("scores x the mask's mean probability (SOLOv2's maskness)",
-                 ["MODEL.YOLACT.TEST_MASKNESS", "True"]),
+    "no_maskness": ("class scores alone (no x the mask's mean probability)",
+                    ["MODEL.YOLACT.TEST_MASKNESS", "False"]),
     "no_test_flips": ("no test-time flips (one view instead of 4)",
                       ["MODEL.YOLACT.TEST_FLIPS", "[]"]),
     # astrocytes (twice the others' diameter) segmented again at a smaller scale
