@@ -60,8 +60,7 @@ def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 
         if maskness:  # over each instance's own window of the chunk's grid
             own = ((torch.arange(hmax, device=coefs.device) < sizes[idx, 1, None])[:, :, None]
                    & (torch.arange(wmax, device=coefs.device) < sizes[idx, 0, None])[:, None, :])
-            pixels = inside & own
-            count = pixels.sum(dim=(1, 2))
-            mean_prob[idx] = torch.where(count > 0, (sampled * pixels).sum(dim=(1, 2))
-                                         / count.clamp(min=1), torch.zeros_like(sampled[:, 0, 0]))
+            pixels = inside & own  # an empty mask: 0 / 1
+            mean_prob[idx] = ((sampled * pixels).sum(dim=(1, 2))
+                              / pixels.sum(dim=(1, 2)).clamp(min=1))
     return (masks, mean_prob) if maskness else masks

@@ -190,10 +190,10 @@ class Yolact(DenseDetector):
             pasted = paste_masks(image_proto, kept_coefs, windows, (out_h, out_w),
                                  (s * scale_y, s * scale_x), self.mask_thresh,
                                  maskness=self.maskness)
-            if not self.maskness:
+            if self.maskness:
+                result.pred_masks, mean_prob = pasted
+                result.scores = result.scores * mean_prob
+                result = result[result.scores.argsort(descending=True)]
+            else:
                 result.pred_masks = pasted
-                return result
-            result.pred_masks, mean_prob = pasted
-            result.scores = result.scores * mean_prob
-            result = result[result.scores.argsort(descending=True)]
         return result
