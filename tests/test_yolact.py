@@ -15,7 +15,7 @@ from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.modeling import yolact as yolact_module
 from cellseg_d2.modeling.inference import fast_nms
 from cellseg_d2.modeling.loss import mask_loss, ohem_class_loss
-from cellseg_d2.modeling.masks import paste_masks
+from cellseg_d2.modeling.masks import box_maskness, paste_masks
 from cellseg_d2.modeling.targets import TargetBuilder, coverage, match_anchors, parts_of_cells
 from cellseg_d2.modeling.test_time_augmentation import (
     YolactWithTTA,
@@ -264,6 +264,59 @@ def test_one_type_per_image_gives_every_detection_the_voted_type():
             assert got.pred_classes.tolist() == [1, 1]
             assert torch.allclose(got.scores, torch.tensor([0.95, 0.70]))
             assert torch.equal(got.pred_boxes.tensor, anchors.tensor[[0, 2]])
+
+
+
+def test_one_type_vote_weighs_maskness():
+    """With TEST_MASKNESS the vote counts scores x maskness (box_maskness of each detection's
+    coefficients): B and C (astro) outvote A (cort) by their class scores, but their masks are
+    barely above the threshold (probability 0.55), A's crisp (0.99); only A stays above the
+    vote threshold, so the image is cort. The kept detections (A, C) are then rescored by the
+    pasted masks' maskness. Where no detection passes that way, class scores vote."""
+    probs = torch.tensor([[0.0, 0.30, 0.65, 0.05],    # A: cort
+                          [0.0, 0.55, 0.35, 0.10],    # B: astro, IoU 0.68 with A
+                          [0.0, 0.70, 0.00, 0.30],    # C: astro, elsewhere
+                          [0.0, 0.01, 0.01, 0.98]])   # background
+    anchors = Boxes(torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [40, 40, 50, 50],
+                                  [20, 20, 30, 30]]))
+    coefs = torch.zeros(4, 8)
+    coefs[:, 0] = torch.tensor([5.0, 0.2, 0.2, 0.0])  # prototype 0 is 1 everywhere
+    proto = torch.zeros(8, 16, 16)
+    proto[0] = 1
+    args = (anchors, probs.clamp(min=1e-9).log(), torch.zeros(4, 4), [coefs], [proto], (64, 64),
+            (64, 64))
+    model = build_model(tiny_cfg()).eval()
+    nms = one_type_nms(model, 0.5)
+    assert model.inference_single_image(*args, nms=nms).pred_classes.tolist() == [1, 1]
+    model.maskness = True
+    got = model.inference_single_image(*args, nms=nms)
+    assert got.pred_classes.tolist() == [2, 2]
+    assert torch.equal(got.pred_boxes.tensor, anchors.tensor[[0, 2]])
+    mask_prob = torch.sigmoid(torch.tensor([5.0, 0.2]))
+    assert torch.allclose(got.scores, torch.tensor([0.95, 0.70]) * mask_prob)
+    coefs[0, 0] = 0.2  # no mask crisp enough for any detection to pass: class scores vote
+    assert model.inference_single_image(*args, nms=nms).pred_classes.tolist() == [1, 1]
+
+
+def test_box_maskness_equals_a_dense_reference():
+    """Mean probability over the prototype pixels whose centres lie in the box and whose
+    probability exceeds the threshold; two views' probabilities averaged; 0 when none."""
+    g = torch.Generator().manual_seed(1)
+    protos = [torch.randn(8, 20, 30, generator=g) for _ in range(2)]
+    coefs = [torch.randn(25, 8, generator=g) for _ in range(2)]
+    xy = torch.rand(25, 2, generator=g) * torch.tensor([100.0, 70.0])
+    boxes = torch.cat([xy, xy + 2 + torch.rand(25, 2, generator=g) * 30], 1)
+    got = box_maskness(protos, coefs, boxes, proto_pixel=4.0, threshold=0.5, chunk=7)
+    probs = sum(torch.sigmoid(torch.einsum("khw,nk->nhw", p, c)) for p, c in zip(protos, coefs))
+    probs = probs / 2
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        values = [float(probs[i, r, c]) for r in range(20) for c in range(30)
+                  if x0 <= (c + 0.5) * 4 < x1 and y0 <= (r + 0.5) * 4 < y1
+                  and probs[i, r, c] > 0.5]
+        assert got[i].item() == pytest.approx(np.mean(values) if values else 0.0, abs=1e-5)
+    assert (got > 0.5).sum() > 10
+    assert box_maskness(protos[0], torch.zeros(1, 8), boxes[:1], 4.0).tolist() == [0.0]
+    assert box_maskness(protos[0], torch.zeros(0, 8), boxes[:0], 4.0).shape == (0,)
 
 
 def brute_force_match(gt, anchors, pos, neg):

@@ -64,3 +64,27 @@ def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 
             mean_prob[idx] = ((sampled * pixels).sum(dim=(1, 2))
                               / pixels.sum(dim=(1, 2)).clamp(min=1))
     return (masks, mean_prob) if maskness else masks
+
+
+def box_maskness(proto, coefs, boxes, proto_pixel: float, threshold: float = 0.5,
+                 chunk: int = 256):
+    """Each instance's maskness read at prototype resolution, before any mask is pasted: its
+    mask's mean probability over the prototype pixels inside its box (image pixels; a
+    prototype pixel is ``proto_pixel`` wide) where the probability exceeds ``threshold``; 0 when
+    there are none. proto and coefs as in paste_masks (lists: one entry per view)."""
+    protos = list(proto) if isinstance(proto, (list, tuple)) else [proto]
+    coefs_views = list(coefs) if isinstance(coefs, (list, tuple)) else [coefs]
+    rows, cols = protos[0].shape[1:]
+    device = coefs_views[0].device
+    ys = (torch.arange(rows, device=device) + 0.5) * proto_pixel
+    xs = (torch.arange(cols, device=device) + 0.5) * proto_pixel
+    out = []
+    for idx in torch.arange(len(boxes), device=device).split(chunk):
+        probs = sum(torch.sigmoid(assemble_masks(p, c[idx])) for p, c in zip(protos, coefs_views))
+        probs = probs / len(protos)
+        b = boxes[idx]
+        inside = (((ys >= b[:, 1, None]) & (ys < b[:, 3, None]))[:, :, None]
+                  & ((xs >= b[:, 0, None]) & (xs < b[:, 2, None]))[:, None, :])
+        pixels = inside & (probs > threshold)
+        out.append((probs * pixels).sum(dim=(1, 2)) / pixels.sum(dim=(1, 2)).clamp(min=1))
+    return torch.cat(out) if out else boxes.new_zeros(0)

@@ -28,10 +28,20 @@ def one_type_nms(model, vote_thresh: float):
     """The NMS of TEST_ONE_TYPE_PER_IMAGE for ``model`` (a Yolact): per-class Fast NMS to vote
     the image's type; then, if there is one, class-agnostic Fast NMS on the foreground
     probability (the classes' sum), every detection of that type. A cell the classifier splits
-    between two types is then kept once, not once per type."""
-    def nms(boxes, scores):
+    between two types is then kept once, not once per type. With a ``quality`` (TEST_MASKNESS)
+    the vote counts scores x maskness: a crowd of loosely outlined detections of a wrong type
+    then no longer outvotes fewer crisp ones of the right type (BENCHMARKS.md, "Astrocytes,
+    fifth round"); where no detection passes the threshold that way, scores alone vote."""
+    def nms(boxes, scores, quality=None):
         keep, classes, kept_scores = model.nms(boxes, scores)
-        image_type = vote_type(classes, kept_scores, vote_thresh, model.num_classes)
+        image_type = None
+        if quality is not None:  # maskness <= 1: only detections above the threshold can vote
+            voters = kept_scores > vote_thresh
+            vote_scores = torch.zeros_like(kept_scores)
+            vote_scores[voters] = kept_scores[voters] * quality(keep[voters])
+            image_type = vote_type(classes, vote_scores, vote_thresh, model.num_classes)
+        if image_type is None:
+            image_type = vote_type(classes, kept_scores, vote_thresh, model.num_classes)
         if image_type is None:
             return keep, classes, kept_scores
         keep, _, kept_scores = model.nms(boxes, scores.sum(dim=1, keepdim=True))

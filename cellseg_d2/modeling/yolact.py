@@ -13,7 +13,7 @@ from ..box_windows import grown_boxes
 from .head import YolactHead
 from .inference import fast_nms
 from .loss import box_loss, mask_loss, ohem_class_loss, semantic_loss
-from .masks import paste_masks
+from .masks import box_maskness, paste_masks
 from .protonet import ProtoNet
 from .targets import TargetBuilder
 
@@ -159,10 +159,14 @@ class Yolact(DenseDetector):
 
     def inference_single_image(self, anchors, logits, deltas, coefs_views, protos, image_size,
                                output_size, nms=None, want_masks=True):
-        """One image's detections, its candidates suppressed by ``nms`` ((boxes, scores) ->
-        (indices, classes, scores); default self.nms); masks pasted unless ``want_masks`` (a
-        bool, or a function of the Instances) says no. coefs_views and protos hold one entry
-        per test view (the views' mask probabilities are averaged)."""
+        """One image's detections, its candidates suppressed by ``nms`` ((boxes, scores,
+        quality) -> (indices, classes, scores); default self.nms; quality: None, or with
+        TEST_MASKNESS a function of candidate indices giving their box_maskness); masks pasted
+        unless ``want_masks`` (a bool, or a function of the Instances) says no. coefs_views and
+        protos hold one entry per test view (the views' mask probabilities are averaged)."""
+        s = self.proto_stride  # prototypes of the image, without the batch's padding:
+        rows, cols = math.ceil(image_size[0] / s), math.ceil(image_size[1] / s)
+        image_proto = [p[:, :rows, :cols] for p in protos]
         with record_function("yolact.nms"):
             scores = F.softmax(logits, dim=-1)[:, :self.num_classes]
             candidates = (scores.max(dim=1).values > self.score_thresh).nonzero().squeeze(1)
@@ -170,7 +174,14 @@ class Yolact(DenseDetector):
                                                               anchors.tensor[candidates]))
             boxes.clip(image_size)
             scores = scores[candidates]
-            keep, classes, kept_scores = (nms or self.nms)(boxes.tensor, scores)
+            if nms is None:
+                keep, classes, kept_scores = self.nms(boxes.tensor, scores)
+            else:
+                candidate_boxes = boxes.tensor
+                quality = None if not self.maskness else lambda idx: box_maskness(
+                    image_proto, [c[candidates][idx] for c in coefs_views], candidate_boxes[idx],
+                    s, self.mask_thresh)
+                keep, classes, kept_scores = nms(candidate_boxes, scores, quality)
         with record_function("yolact.postprocess"):
             out_h, out_w = int(output_size[0]), int(output_size[1])
             scale_y, scale_x = out_h / image_size[0], out_w / image_size[1]
@@ -182,9 +193,6 @@ class Yolact(DenseDetector):
         if not (want_masks(result) if callable(want_masks) else want_masks):
             return result
         with record_function("yolact.masks"):
-            s = self.proto_stride  # prototypes of the image, without the batch's padding:
-            rows, cols = math.ceil(image_size[0] / s), math.ceil(image_size[1] / s)
-            image_proto = [p[:, :rows, :cols] for p in protos]
             kept_coefs = [c[candidates][keep] for c in coefs_views]
             windows = grown_boxes(boxes.tensor, self.mask_box_grow)
             pasted = paste_masks(image_proto, kept_coefs, windows, (out_h, out_w),
