@@ -73,6 +73,12 @@ def add_yolact_config(cfg):
     # background's), and Fast NMS runs again over that one class: a cell the classifier
     # splits between two types is one detection of the image's type, not two of either.
     _C.TEST_ONE_TYPE_PER_IMAGE = False
+    # How TEST_ONE_TYPE_PER_IMAGE decides the type: "detections" (the vote above) or "semantic":
+    # the class whose semantic-head probability (the auxiliary per-pixel head, otherwise unused
+    # at test time) is highest on average over the image's cell pixels (any class above 0.5;
+    # the detections vote where there are none). The whole image's pixels weigh in, not a
+    # count of detections that a crowd of unsure ones can swing.
+    _C.TEST_TYPE_VOTE = "detections"
     # Test scale per cell type: one factor per class (empty: off). Where the image's type's
     # factor is not 1 the image is segmented again at factor x the test scale, and those
     # detections are kept. Costs a second pass for those images.

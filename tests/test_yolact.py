@@ -13,7 +13,7 @@ from cellseg_d2 import add_yolact_config
 from cellseg_d2.box_windows import box_windows, grown_boxes
 from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.modeling import yolact as yolact_module
-from cellseg_d2.modeling.inference import fast_nms
+from cellseg_d2.modeling.inference import fast_nms, semantic_type
 from cellseg_d2.modeling.loss import mask_loss, ohem_class_loss
 from cellseg_d2.modeling.masks import box_maskness, paste_masks
 from cellseg_d2.modeling.targets import TargetBuilder, coverage, match_anchors, parts_of_cells
@@ -296,6 +296,50 @@ def test_one_type_vote_weighs_maskness():
     assert torch.allclose(got.scores, torch.tensor([0.95, 0.70]) * mask_prob)
     coefs[0, 0] = 0.2  # no mask crisp enough for any detection to pass: class scores vote
     assert model.inference_single_image(*args, nms=nms).pred_classes.tolist() == [1, 1]
+
+
+
+def test_semantic_type_is_the_best_mean_over_cell_pixels():
+    probs = torch.zeros(3, 10, 12)
+    probs[:, :, 10:] = 0.3  # no class above 0.5: not a cell pixel, not counted
+    probs[1, :2, :10] = 0.9   # 20 cell pixels sure of class 1
+    probs[2, 2:, :10] = 0.6   # 80 of class 2, less sure
+    probs[1, 2:, :10] = 0.1
+    assert semantic_type(probs) == 2  # means: class 1 (18 + 8) / 100, class 2 48 / 100
+    probs[1, 2:, :10] = 0.45
+    assert semantic_type(probs) == 1  # class 1 (18 + 36) / 100
+    assert semantic_type(torch.full((3, 4, 4), 0.5)) is None  # no pixel above 0.5
+
+
+@pytest.mark.parametrize("flips", ["[]", "['horizontal']"])
+def test_type_vote_from_the_semantic_head(flips):
+    """TEST_TYPE_VOTE "semantic": every detection takes the type the semantic head gives the
+    image (here forced through its bias), with the detections (boxes, scores) of the vote by
+    detections; where no pixel is a cell by the head, the detections vote."""
+    one_type = {"MODEL.YOLACT.TEST_ONE_TYPE_PER_IMAGE": True, "MODEL.YOLACT.TEST_FLIPS": flips,
+                "MODEL.YOLACT.TEST_TYPE_VOTE_THRESH": 0.3}
+    by_detections = tta_model(**one_type)
+    by_semantic = tta_model(**one_type, **{"MODEL.YOLACT.TEST_TYPE_VOTE": "semantic"})
+    head = by_semantic.model.semantic_head
+    image = [{"image": make_input(64, 96, 6)["image"]}]
+    with torch.no_grad():
+        want = by_detections(image)[0]["instances"]
+        assert len(want) > 0 and len(set(want.pred_classes.tolist())) == 1
+        head.weight.zero_()
+        for k in range(3):
+            head.bias.fill_(-5.0)
+            head.bias[k] = 5.0
+            got = by_semantic(image)[0]["instances"]
+            assert got.pred_classes.tolist() == [k] * len(want)
+            assert torch.equal(got.pred_boxes.tensor, want.pred_boxes.tensor)
+            assert torch.allclose(got.scores, want.scores)
+        head.bias.fill_(-5.0)  # no cell pixels: the detections' vote
+        got = by_semantic(image)[0]["instances"]
+        assert torch.equal(got.pred_classes, want.pred_classes)
+    with pytest.raises(ValueError, match="TEST_TYPE_VOTE"):
+        tta_model(**{"MODEL.YOLACT.TEST_TYPE_VOTE": "semantic"})  # without one type per image
+    with pytest.raises(ValueError, match="TEST_TYPE_VOTE"):
+        tta_model(**one_type, **{"MODEL.YOLACT.TEST_TYPE_VOTE": "masks"})
 
 
 def test_box_maskness_equals_a_dense_reference():

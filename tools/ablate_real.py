@@ -101,6 +101,8 @@ TEST_VARIANTS = {
                         ["MODEL.YOLACT.MASK_THRESH_TEST", "0.3"]),
     "no_maskness": ("class scores alone (no x the mask's mean probability)",
                     ["MODEL.YOLACT.TEST_MASKNESS", "False"]),
+    "type_by_detections": ("each image's type voted by its detections, not the semantic head",
+                           ["MODEL.YOLACT.TEST_TYPE_VOTE", "detections"]),
     "no_test_flips": ("no test-time flips (one view instead of 4)",
                       ["MODEL.YOLACT.TEST_FLIPS", "[]"]),
     # astrocytes (twice the others' diameter) segmented again at a smaller scale

@@ -35,3 +35,13 @@ def fast_nms(boxes, scores, score_thresh: float, iou_thresh: float, top_k: int, 
     idx, classes, kept_scores = idx[keep], classes[keep], cls_scores[keep]
     order = kept_scores.argsort(descending=True)[:max_det]
     return idx[order], classes[order], kept_scores[order]
+
+
+def semantic_type(probs: torch.Tensor, fg_thresh: float = 0.5):
+    """An image's type from its semantic probabilities (C, h, w): the class with the highest
+    mean probability over the pixels where any class exceeds ``fg_thresh``; None without such
+    pixels."""
+    cells = probs.max(dim=0).values > fg_thresh
+    if not cells.any():
+        return None
+    return int(probs[:, cells].mean(dim=1).argmax())

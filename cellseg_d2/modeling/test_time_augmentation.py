@@ -31,12 +31,12 @@ def one_type_nms(model, vote_thresh: float):
     between two types is then kept once, not once per type. With a ``quality`` (TEST_MASKNESS)
     the vote counts scores x maskness: a crowd of loosely outlined detections of a wrong type
     then no longer outvotes fewer crisp ones of the right type (BENCHMARKS.md, "Astrocytes,
-    fifth round"); where no detection passes the threshold that way, scores alone vote."""
-    def nms(boxes, scores, quality=None):
+    fifth round"); where no detection passes the threshold that way, scores alone vote. An
+    ``image_type`` given (TEST_TYPE_VOTE "semantic": the semantic head's) replaces the vote."""
+    def nms(boxes, scores, quality=None, image_type=None):
         keep, classes, kept_scores = model.nms(boxes, scores)
-        image_type = None
-        if quality is not None:  # maskness <= 1: only detections above the threshold can vote
-            voters = kept_scores > vote_thresh
+        if image_type is None and quality is not None:
+            voters = kept_scores > vote_thresh  # maskness <= 1: only these can pass
             vote_scores = torch.zeros_like(kept_scores)
             vote_scores[voters] = kept_scores[voters] * quality(keep[voters])
             image_type = vote_type(classes, vote_scores, vote_thresh, model.num_classes)
@@ -111,6 +111,12 @@ class YolactWithTTA(nn.Module):
         if factors and (len(factors) != y.NUM_CLASSES or min(factors) <= 0):
             raise ValueError(f"MODEL.YOLACT.TEST_RESCALE_BY_TYPE needs one positive factor per "
                              f"class ({y.NUM_CLASSES}), got {factors}")
+        if y.TEST_TYPE_VOTE not in ("detections", "semantic"):
+            raise ValueError(f"MODEL.YOLACT.TEST_TYPE_VOTE must be 'detections' or 'semantic', "
+                             f"got {y.TEST_TYPE_VOTE!r}")
+        if y.TEST_TYPE_VOTE == "semantic" and not y.TEST_ONE_TYPE_PER_IMAGE:
+            raise ValueError("MODEL.YOLACT.TEST_TYPE_VOTE 'semantic' decides the type of "
+                             "TEST_ONE_TYPE_PER_IMAGE: set that True too")
         thresholds = list(y.TEST_SCORE_THRESH_BY_CLASS)
         if thresholds and (len(thresholds) != y.NUM_CLASSES or
                            not all(0 < t < 1 for t in thresholds)):
@@ -162,13 +168,15 @@ class YolactWithTTA(nn.Module):
                 mean = padded[i, :, :ih, :iw].mean(dim=(1, 2))[:, None, None]
                 padded[i, :, ih:, :] = mean
                 padded[i, :, :ih, iw:] = mean
-        probs, deltas, coefs, protos = [], [], [], []
+        probs, deltas, coefs, protos, semantic = [], [], [], [], []
         for dims in self.views:
             with record_function("yolact.backbone+fpn"):
                 features = m.backbone(padded.flip(dims))
                 features = [features[f] for f in m.head_in_features]
             with record_function("yolact.protonet"):
                 protos.append(m.protonet(features[m.proto_index]).flip(dims))
+                if m.votes_semantic(self.nms):
+                    semantic.append(m.semantic_probs(features).flip(dims))
             with record_function("yolact.head"):
                 view_logits, view_deltas, view_coefs = m.head(features)
                 coefs.append(m.flatten_levels([c.flip(dims) for c in view_coefs],
@@ -184,8 +192,9 @@ class YolactWithTTA(nn.Module):
             logits = m.flatten_levels(logits, m.num_classes + 1)
             deltas = m.flatten_levels(deltas, 4)
             anchors = Boxes.cat(m.anchor_generator(features))
+            semantic = sum(semantic) / n if semantic else None
         return m.detect(images, batched_inputs, anchors, logits, deltas, coefs, protos, self.nms,
-                        want_masks)
+                        want_masks, semantic)
 
 
 def per_anchor(x, k):
@@ -209,7 +218,7 @@ def unflip(x, dims, negate=False):
 def asks_for_test_time_policy(cfg) -> bool:
     y = cfg.MODEL.YOLACT
     return bool(y.TEST_FLIPS or y.TEST_RESCALE_BY_TYPE or y.TEST_ONE_TYPE_PER_IMAGE or
-                y.TEST_SCORE_THRESH_BY_CLASS)
+                y.TEST_SCORE_THRESH_BY_CLASS or y.TEST_TYPE_VOTE != "detections")
 
 
 def with_test_time_policy(cfg, model):

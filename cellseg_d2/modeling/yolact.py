@@ -11,7 +11,7 @@ from torch.profiler import record_function
 
 from ..box_windows import grown_boxes
 from .head import YolactHead
-from .inference import fast_nms
+from .inference import fast_nms, semantic_type
 from .loss import box_loss, mask_loss, ohem_class_loss, semantic_loss
 from .masks import box_maskness, paste_masks
 from .protonet import ProtoNet
@@ -73,6 +73,7 @@ class Yolact(DenseDetector):
         self.mask_thresh = y.MASK_THRESH_TEST
         self.mask_box_grow = y.MASK_BOX_GROW
         self.maskness = y.TEST_MASKNESS
+        self.semantic_vote = y.TEST_TYPE_VOTE == "semantic"
         self.max_detections = cfg.TEST.DETECTIONS_PER_IMAGE
 
     def forward(self, batched_inputs: list[dict]):
@@ -89,8 +90,17 @@ class Yolact(DenseDetector):
         images, features, proto, predictions = self._run_network(batched_inputs)
         with record_function("yolact.head"):
             anchors, logits, deltas, coefs = self._anchors_and_predictions(features, predictions)
+            semantic = self.semantic_probs(features) if self.votes_semantic(nms) else None
         return self.detect(images, batched_inputs, anchors, logits, deltas, [coefs], [proto], nms,
-                           want_masks)
+                           want_masks, semantic)
+
+    def votes_semantic(self, nms) -> bool:
+        """Whether a custom ``nms`` (the one-type vote) gets the semantic head's type."""
+        return nms is not None and self.semantic_vote
+
+    def semantic_probs(self, features):
+        """The semantic head's per-class probabilities (N, C, h, w) at its feature's stride."""
+        return self.semantic_head(features[self.proto_index]).sigmoid()
 
     def _run_network(self, batched_inputs):
         with record_function("yolact.backbone+fpn"):
@@ -141,15 +151,17 @@ class Yolact(DenseDetector):
 
     # ---------------------------------------------------------------- inference
     def detect(self, images, batched_inputs, anchors, logits, deltas, coefs_views, protos,
-               nms=None, want_masks=True):
-        """Each image's detections; coefs_views and protos hold one batch tensor per test view."""
+               nms=None, want_masks=True, semantic=None):
+        """Each image's detections; coefs_views and protos hold one batch tensor per test view;
+        semantic: None or the batch's semantic_probs (averaged over the views)."""
         results = []
         for i, image_size in enumerate(images.image_sizes):
             output_size = (batched_inputs[i].get("height", image_size[0]),
                            batched_inputs[i].get("width", image_size[1]))
             results.append({"instances": self.inference_single_image(
                 anchors, logits[i], deltas[i], [c[i] for c in coefs_views],
-                [p[i] for p in protos], image_size, output_size, nms, want_masks)})
+                [p[i] for p in protos], image_size, output_size, nms, want_masks,
+                None if semantic is None else semantic[i])})
         return results
 
     def nms(self, boxes, scores):
@@ -158,15 +170,21 @@ class Yolact(DenseDetector):
                         self.max_detections)
 
     def inference_single_image(self, anchors, logits, deltas, coefs_views, protos, image_size,
-                               output_size, nms=None, want_masks=True):
+                               output_size, nms=None, want_masks=True, semantic=None):
         """One image's detections, its candidates suppressed by ``nms`` ((boxes, scores,
-        quality) -> (indices, classes, scores); default self.nms; quality: None, or with
-        TEST_MASKNESS a function of candidate indices giving their box_maskness); masks pasted
-        unless ``want_masks`` (a bool, or a function of the Instances) says no. coefs_views and
-        protos hold one entry per test view (the views' mask probabilities are averaged)."""
+        quality, image_type) -> (indices, classes, scores); default self.nms; quality: None, or
+        with TEST_MASKNESS a function of candidate indices giving their box_maskness;
+        image_type: the semantic head's type of the image (from ``semantic``, its (C, h, w)
+        probabilities), or None); masks pasted unless ``want_masks`` (a bool, or a function of
+        the Instances) says no. coefs_views and protos hold one entry per test view (the
+        views' mask probabilities are averaged)."""
         s = self.proto_stride  # prototypes of the image, without the batch's padding:
         rows, cols = math.ceil(image_size[0] / s), math.ceil(image_size[1] / s)
         image_proto = [p[:, :rows, :cols] for p in protos]
+        image_type = None
+        if semantic is not None:  # at the semantic head's stride, twice the prototypes'
+            image_type = semantic_type(semantic[:, :math.ceil(image_size[0] / (2 * s)),
+                                                :math.ceil(image_size[1] / (2 * s))])
         with record_function("yolact.nms"):
             scores = F.softmax(logits, dim=-1)[:, :self.num_classes]
             candidates = (scores.max(dim=1).values > self.score_thresh).nonzero().squeeze(1)
@@ -181,7 +199,7 @@ class Yolact(DenseDetector):
                 quality = None if not self.maskness else lambda idx: box_maskness(
                     image_proto, [c[candidates][idx] for c in coefs_views], candidate_boxes[idx],
                     s, self.mask_thresh)
-                keep, classes, kept_scores = nms(candidate_boxes, scores, quality)
+                keep, classes, kept_scores = nms(candidate_boxes, scores, quality, image_type)
         with record_function("yolact.postprocess"):
             out_h, out_w = int(output_size[0]), int(output_size[1])
             scale_y, scale_x = out_h / image_size[0], out_w / image_size[1]
