@@ -112,6 +112,19 @@ def test_cross_validation_runs_end_to_end(tiny_synthetic, tmp_path):
     assert sorted(im["file_name"] for v in vals for im in v) == sorted(
         {im["file_name"] for v in vals for im in v}) and sum(map(len, vals)) == 6
     assert "pooled segm AP" in proc.stdout
+    # A fold model evaluated at other test-time settings (one trained before maskness) is
+    # evaluated again at today's, not retrained; an evaluation at today's settings is reused.
+    recipe = out / "cv2_seed0" / "recipe"
+    config = recipe / "fold0" / "config.yaml"
+    assert "TEST_MASKNESS: true" in config.read_text()
+    config.write_text(config.read_text().replace("TEST_MASKNESS: true", "TEST_MASKNESS: false"))
+    trained = [(recipe / f"fold{f}" / "model_final.pth").stat().st_mtime for f in (0, 1)]
+    tool("ablate_real.py", "--data", tiny_synthetic / "synthetic", "--folds", 2,
+         "--pretrain-iters", 2, "--finetune-iters", 2, "--synthetic-per-type", 1,
+         "--amp", "float32", "--output", out)
+    assert (recipe / "fold0" / "evaluation" / "inference" / "real_val").is_dir()
+    assert not (recipe / "fold1" / "evaluation").exists()
+    assert trained == [(recipe / f"fold{f}" / "model_final.pth").stat().st_mtime for f in (0, 1)]
 
 
 def test_each_class_threshold_where_its_f1_is_best(tmp_path):

@@ -21,7 +21,10 @@ and 1 shsy5y image each); one pretraining on synthetic images is shared, then ea
 (default: the recipe) is fine-tuned on each fold's training images and its detections on the
 fold's validation images are pooled and scored against all the images at once: per-class AP,
 AP50, Kaggle, each class's recall at the prediction threshold (TEST.INSTANCE_SCORE_THRESH) and
-per-image counts. Writes OUTPUT/cv<K>_seed<N>/<variant>/cv.json and per_image.csv.
+per-image counts. Writes OUTPUT/cv<K>_seed<N>/<variant>/cv.json and per_image.csv. A fold
+model already trained, or an evaluation already made, is reused; an evaluation only where it
+ran at today's test-time settings (the config's, with the variant's overrides): otherwise the
+model is evaluated again (a trained variant's into fold<F>/evaluation).
 """
 import argparse
 import glob
@@ -31,6 +34,7 @@ import sys
 
 import yaml
 
+from cellseg_d2.config import SetupError, load_cfg
 from cellseg_d2.data.sartorius import convert_sartorius, read_sartorius, write_splits
 from cellseg_d2.data.synthetic import generate_dataset
 from cellseg_d2.engine import native_bfloat16
@@ -265,18 +269,24 @@ def run_cv(args):
         else:
             (what, opts), iters = TEST_VARIANTS[name], variant_iters("recipe", args, s_it)
         os.makedirs(os.path.join(out, name), exist_ok=True)
+        wanted = test_time_settings(load_cfg(config, [str(o) for o in common + opts]))
         fold_results, fold_images = [], []
         for f, root in enumerate(roots):
             folder = os.path.join(out, name, f"fold{f}")
+            weights = os.path.join(out, name if name in TRAIN_VARIANTS else "recipe", f"fold{f}",
+                                   "model_final.pth")
+            if name in TRAIN_VARIANTS:
+                if not os.path.isfile(weights):  # evaluated at the end of its training
+                    train_net(config, ["MODEL.WEIGHTS", pretrained if from_pretrained else "",
+                                       *schedule(iters), "TEST.EVAL_PERIOD", iters,
+                                       "OUTPUT_DIR", folder, *common, *opts], root,
+                              folder + ".log")
+                if evaluated_with(folder) != wanted:
+                    folder = os.path.join(folder, "evaluation")
+            if evaluated_with(folder) != wanted:
+                train_net(config, ["--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", folder,
+                                   *common, *opts], root, folder + ".log")
             found = os.path.join(folder, "inference", "real_val", "coco_instances_results.json")
-            if not os.path.isfile(found) and name in TEST_VARIANTS:
-                train_net(config, ["--eval-only", "MODEL.WEIGHTS", os.path.join(
-                    out, "recipe", f"fold{f}", "model_final.pth"), "OUTPUT_DIR", folder, *common,
-                    *opts], root, folder + ".log")
-            elif not os.path.isfile(found):
-                train_net(config, ["MODEL.WEIGHTS", pretrained if from_pretrained else "",
-                                   *schedule(iters), "TEST.EVAL_PERIOD", iters,
-                                   "OUTPUT_DIR", folder, *common, *opts], root, folder + ".log")
             with open(found) as fh:
                 fold_results.append(json.load(fh))
             with open(os.path.join(root, "real", "annotations", "val.json")) as fh:
@@ -291,6 +301,28 @@ def run_cv(args):
                    dict(report, what=what, iterations=iters, folds=args.folds, seed=args.seed,
                         pretrain_iters=args.pretrain_iters, amp=amp))
         print(cv_summary(name, report), flush=True)
+
+
+def test_time_settings(cfg) -> dict:
+    """What, besides the weights, decides an evaluation: MODEL.YOLACT's test-time keys, the
+    test scale and the detections kept per image."""
+    y = cfg.MODEL.YOLACT
+    return dict({k: y[k] for k in y if "TEST" in k},
+                scale=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST),
+                detections=cfg.TEST.DETECTIONS_PER_IMAGE)
+
+
+def evaluated_with(folder: str):
+    """test_time_settings of the evaluation stored in ``folder``; None where there is none (or
+    its config no longer loads)."""
+    found = os.path.join(folder, "inference", "real_val", "coco_instances_results.json")
+    config = os.path.join(folder, "config.yaml")
+    if not (os.path.isfile(found) and os.path.isfile(config)):
+        return None
+    try:
+        return test_time_settings(load_cfg(config))
+    except SetupError:
+        return None
 
 
 def cv_summary(name: str, report: dict) -> str:
