@@ -11,6 +11,23 @@ def assemble_masks(proto, coefs):
     return torch.einsum("khw,nk->nhw", proto, coefs)
 
 
+def as_views(x) -> list:
+    """Prototypes or coefficients as a list of test views (a single tensor: one view)."""
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def mean_probability(protos: list, coefs_views: list, idx):
+    """Instances ``idx``' mask probabilities (n, h, w), the mean over the views."""
+    probs = sum(torch.sigmoid(assemble_masks(p, c[idx])) for p, c in zip(protos, coefs_views))
+    return probs / len(protos)
+
+
+def mean_where(values, where):
+    """Per instance, the mean of ``values`` (n, h, w) over the pixels ``where`` holds; 0 where
+    it holds none."""
+    return (values * where).sum(dim=(1, 2)) / where.sum(dim=(1, 2)).clamp(min=1)
+
+
 def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 0.5,
                 chunk: int = 128, maskness: bool = False):
     """Each instance's mask probabilities, sampled bilinearly (``F.grid_sample``,
@@ -26,8 +43,7 @@ def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 
     ``maskness``: also return each mask's mean probability over its pixels (n,), 0 when empty.
     """
     out_h, out_w = output_hw
-    protos = list(proto) if isinstance(proto, (list, tuple)) else [proto]
-    coefs_views = list(coefs) if isinstance(coefs, (list, tuple)) else [coefs]
+    protos, coefs_views = as_views(proto), as_views(coefs)
     proto, coefs = protos[0], coefs_views[0]
     n = coefs.shape[0]
     masks = torch.zeros((n, out_h, out_w), dtype=torch.bool, device=coefs.device)
@@ -44,8 +60,7 @@ def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 
         wmax, hmax = sizes[idx].max(dim=0).values.tolist()
         if hmax == 0 or wmax == 0:
             continue
-        probs = sum(torch.sigmoid(assemble_masks(p, c[idx])) for p, c in zip(protos, coefs_views))
-        probs = (probs / len(protos))[:, None]
+        probs = mean_probability(protos, coefs_views, idx)[:, None]
         xs = windows[idx, 0, None] + torch.arange(wmax, device=coefs.device) + 0.5
         ys = windows[idx, 1, None] + torch.arange(hmax, device=coefs.device) + 0.5
         grid = torch.stack([(xs * to_grid[0] - 1)[:, None, :].expand(-1, hmax, -1),
@@ -60,9 +75,7 @@ def paste_masks(proto, coefs, boxes, output_hw, proto_pixel, threshold: float = 
         if maskness:  # over each instance's own window of the chunk's grid
             own = ((torch.arange(hmax, device=coefs.device) < sizes[idx, 1, None])[:, :, None]
                    & (torch.arange(wmax, device=coefs.device) < sizes[idx, 0, None])[:, None, :])
-            pixels = inside & own  # an empty mask: 0 / 1
-            mean_prob[idx] = ((sampled * pixels).sum(dim=(1, 2))
-                              / pixels.sum(dim=(1, 2)).clamp(min=1))
+            mean_prob[idx] = mean_where(sampled, inside & own)
     return (masks, mean_prob) if maskness else masks
 
 
@@ -72,19 +85,16 @@ def box_maskness(proto, coefs, boxes, proto_pixel: float, threshold: float = 0.5
     mask's mean probability over the prototype pixels inside its box (image pixels; a
     prototype pixel is ``proto_pixel`` wide) where the probability exceeds ``threshold``; 0 when
     there are none. proto and coefs as in paste_masks (lists: one entry per view)."""
-    protos = list(proto) if isinstance(proto, (list, tuple)) else [proto]
-    coefs_views = list(coefs) if isinstance(coefs, (list, tuple)) else [coefs]
+    protos, coefs_views = as_views(proto), as_views(coefs)
     rows, cols = protos[0].shape[1:]
     device = coefs_views[0].device
     ys = (torch.arange(rows, device=device) + 0.5) * proto_pixel
     xs = (torch.arange(cols, device=device) + 0.5) * proto_pixel
     out = []
     for idx in torch.arange(len(boxes), device=device).split(chunk):
-        probs = sum(torch.sigmoid(assemble_masks(p, c[idx])) for p, c in zip(protos, coefs_views))
-        probs = probs / len(protos)
+        probs = mean_probability(protos, coefs_views, idx)
         b = boxes[idx]
         inside = (((ys >= b[:, 1, None]) & (ys < b[:, 3, None]))[:, :, None]
                   & ((xs >= b[:, 0, None]) & (xs < b[:, 2, None]))[:, None, :])
-        pixels = inside & (probs > threshold)
-        out.append((probs * pixels).sum(dim=(1, 2)) / pixels.sum(dim=(1, 2)).clamp(min=1))
+        out.append(mean_where(probs, inside & (probs > threshold)))
     return torch.cat(out) if out else boxes.new_zeros(0)

@@ -175,9 +175,9 @@ class YolactWithTTA(nn.Module):
                 features = [features[f] for f in m.head_in_features]
             with record_function("yolact.protonet"):
                 protos.append(m.protonet(features[m.proto_index]).flip(dims))
+            with record_function("yolact.head"):
                 if m.votes_semantic(self.nms):
                     semantic.append(m.semantic_probs(features).flip(dims))
-            with record_function("yolact.head"):
                 view_logits, view_deltas, view_coefs = m.head(features)
                 coefs.append(m.flatten_levels([c.flip(dims) for c in view_coefs],
                                               m.num_prototypes))

@@ -197,7 +197,7 @@ class Yolact(DenseDetector):
             else:
                 candidate_boxes = boxes.tensor
                 quality = None if not self.maskness else lambda idx: box_maskness(
-                    image_proto, [c[candidates][idx] for c in coefs_views], candidate_boxes[idx],
+                    image_proto, [c[candidates[idx]] for c in coefs_views], candidate_boxes[idx],
                     s, self.mask_thresh)
                 keep, classes, kept_scores = nms(candidate_boxes, scores, quality, image_type)
         with record_function("yolact.postprocess"):
