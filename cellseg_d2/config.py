@@ -79,6 +79,11 @@ def add_yolact_config(cfg):
     # the detections vote where there are none). The whole image's pixels weigh in, not a
     # count of detections that a crowd of unsure ones can swing.
     _C.TEST_TYPE_VOTE = "detections"
+    # Detections trained as cell or background (each positive's loss on the classes' summed
+    # probability), so that no anchor learns to tell one type from another; the image's type
+    # comes from the semantic head alone (needs TEST_TYPE_VOTE "semantic"; where the head sees
+    # no cell pixel, its highest mean over the image). One type per image only.
+    _C.AGNOSTIC_DETECTION = False
     # Test scale per cell type: one factor per class (empty: off). Where the image's type's
     # factor is not 1 the image is segmented again at factor x the test scale, and those
     # detections are kept. Costs a second pass for those images.

@@ -342,6 +342,46 @@ def test_type_vote_from_the_semantic_head(flips):
         tta_model(**one_type, **{"MODEL.YOLACT.TEST_TYPE_VOTE": "masks"})
 
 
+def test_agnostic_detection_trains_cell_or_background_and_types_by_the_semantic_head():
+    """AGNOSTIC_DETECTION: a positive's class loss is -log of its foreground probability (as a
+    two-class softmax of the classes' logsumexp against background; how its probability is
+    split between classes does not matter); the image's type comes from the semantic head,
+    its highest mean over the image where no pixel is a cell by it."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 50, 4)
+    labels = torch.full((2, 50), 3)
+    labels[0, :5] = torch.tensor([0, 1, 2, 0, 1])
+    labels[1, :3] = 2
+    labels[1, 10] = -1
+    two = torch.stack([torch.logsumexp(logits[..., :3], -1), logits[..., 3]], -1)
+    two_labels = torch.where(labels == 3, 1, labels.clamp(max=0))
+    agnostic = ohem_class_loss(logits, labels, 3, agnostic=True)
+    assert torch.allclose(agnostic, ohem_class_loss(two, two_labels, 3))
+    assert not torch.allclose(agnostic, ohem_class_loss(logits, labels, 3))
+    moved = (labels >= 0) & (labels < 3)  # each positive's class changed
+    relabelled = torch.where(moved, (labels + 1) % 3, labels)
+    assert torch.allclose(ohem_class_loss(logits, relabelled, 3, agnostic=True), agnostic)
+
+    with pytest.raises(ValueError, match="TEST_TYPE_VOTE"):
+        build_model(tiny_cfg(**{"MODEL.YOLACT.AGNOSTIC_DETECTION": True}))
+    settings = {"MODEL.YOLACT.TEST_ONE_TYPE_PER_IMAGE": True,
+                "MODEL.YOLACT.TEST_TYPE_VOTE": "semantic"}
+    model = tta_model(**settings, **{"MODEL.YOLACT.AGNOSTIC_DETECTION": True})
+    by_vote = tta_model(**settings)
+    image = [{"image": make_input(64, 96, 6)["image"]}]
+    with torch.no_grad():
+        for m in (model, by_vote):  # no cell pixel; class 2 the likeliest
+            m.model.semantic_head.weight.zero_()
+            m.model.semantic_head.bias.copy_(torch.tensor([-5.0, -5.0, -3.0]))
+        got = model(image)[0]["instances"]
+        voted = by_vote(image)[0]["instances"]
+    assert len(got) > 0 and got.pred_classes.tolist() == [2] * len(got)
+    assert voted.pred_classes.tolist() == [1] * len(voted)  # without it, the detections' vote
+    model.model.train()
+    losses = model.model([make_input(96, 128, 5, seed=3)])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
 def test_box_maskness_equals_a_dense_reference():
     """Mean probability over the prototype pixels whose centres lie in the box and whose
     probability exceeds the threshold; two views' probabilities averaged; 0 when none."""

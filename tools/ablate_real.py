@@ -88,6 +88,10 @@ TRAIN_VARIANTS = {
     # process cuts its mask straight; the loss trains the window past the box as well)
     "mask_box_grow_0.2": ("masks trained and read over the box grown by 20% per side",
                           ["MODEL.YOLACT.MASK_BOX_GROW", "0.2"], None, True),
+    # the first lever: anchors learn cell or background only, the type per image
+    # comes from the semantic head (the recipe's TEST_TYPE_VOTE "semantic")
+    "agnostic": ("detections trained class-agnostic (cell or background), type from the "
+                 "semantic head", ["MODEL.YOLACT.AGNOSTIC_DETECTION", "True"], None, True),
     "part_iou": ("background anchors centred on a cell, no larger than it, ignored",
                  ["MODEL.YOLACT.PART_IOU", "0.4"], None, True),
 }

@@ -7,12 +7,13 @@ from ..box_windows import grown_boxes
 from .masks import assemble_masks
 
 
-def ohem_class_loss(logits, labels, negpos_ratio: int):
+def ohem_class_loss(logits, labels, negpos_ratio: int, agnostic: bool = False):
     """Softmax cross entropy over positives and the hardest ``negpos_ratio`` x positives
     background anchors of each image; summed (the caller normalises by the positive count).
 
     logits (N, R, C+1), background is the last class; labels (N, R): class index for
-    positives, C for background, -1 ignored.
+    positives, C for background, -1 ignored. ``agnostic``: a positive's loss is -log of its
+    foreground probability (the classes' sum), whichever class holds it.
     """
     num_classes = logits.shape[-1] - 1
     pos = (labels >= 0) & (labels < num_classes)
@@ -28,7 +29,11 @@ def ohem_class_loss(logits, labels, negpos_ratio: int):
     keep = pos | neg
     if not keep.any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[keep], labels[keep], reduction="sum")
+    if not agnostic:
+        return F.cross_entropy(logits[keep], labels[keep], reduction="sum")
+    log_p = F.log_softmax(logits[keep], dim=-1)
+    log_fg = torch.logsumexp(log_p[:, :num_classes], dim=-1)
+    return -torch.where(pos[keep], log_fg, log_p[:, num_classes]).sum()
 
 
 def box_loss(pred_deltas, target_deltas, beta: float):

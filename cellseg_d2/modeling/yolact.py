@@ -74,6 +74,10 @@ class Yolact(DenseDetector):
         self.mask_box_grow = y.MASK_BOX_GROW
         self.maskness = y.TEST_MASKNESS
         self.semantic_vote = y.TEST_TYPE_VOTE == "semantic"
+        self.agnostic = y.AGNOSTIC_DETECTION
+        if self.agnostic and not self.semantic_vote:
+            raise ValueError("MODEL.YOLACT.AGNOSTIC_DETECTION leaves the type to the semantic "
+                             "head: set MODEL.YOLACT.TEST_TYPE_VOTE 'semantic'")
         self.max_detections = cfg.TEST.DETECTIONS_PER_IMAGE
 
     def forward(self, batched_inputs: list[dict]):
@@ -135,7 +139,7 @@ class Yolact(DenseDetector):
 
     def losses(self, targets, logits, deltas, coefs, proto, seg_logits):
         pos = targets.positive
-        loss_cls = ohem_class_loss(logits, targets.classes, self.negpos_ratio)
+        loss_cls = ohem_class_loss(logits, targets.classes, self.negpos_ratio, self.agnostic)
         loss_box = box_loss(deltas[pos], targets.box_deltas[pos], self.smooth_l1_beta)
         loss_mask = proto.sum() * 0.0
         for i, m in enumerate(targets.masks):
@@ -183,8 +187,11 @@ class Yolact(DenseDetector):
         image_proto = [p[:, :rows, :cols] for p in protos]
         image_type = None
         if semantic is not None:  # at the semantic head's stride, twice the prototypes'
-            image_type = semantic_type(semantic[:, :math.ceil(image_size[0] / (2 * s)),
-                                                :math.ceil(image_size[1] / (2 * s))])
+            semantic = semantic[:, :math.ceil(image_size[0] / (2 * s)),
+                                :math.ceil(image_size[1] / (2 * s))]
+            image_type = semantic_type(semantic)
+            if image_type is None and self.agnostic:  # its detections' classes are untrained
+                image_type = int(semantic.mean(dim=(1, 2)).argmax())
         with record_function("yolact.nms"):
             scores = F.softmax(logits, dim=-1)[:, :self.num_classes]
             candidates = (scores.max(dim=1).values > self.score_thresh).nonzero().squeeze(1)
