@@ -127,6 +127,34 @@ def test_cross_validation_runs_end_to_end(tiny_synthetic, tmp_path):
     assert trained == [(recipe / f"fold{f}" / "model_final.pth").stat().st_mtime for f in (0, 1)]
 
 
+def test_fixed_split_rows_are_evaluated_again_after_a_test_time_change(tiny_synthetic, tmp_path):
+    """tools/ablate_real.py --seed (one fixed split): a row stored at other test-time settings
+    (a model trained before maskness) is evaluated again, into <variant>/evaluation, not
+    retrained; a row at today's settings is reused as it is."""
+    out = tmp_path / "fixed"
+    run = ("ablate_real.py", "--data", tiny_synthetic / "synthetic", "--seed", 0,
+           "--pretrain-iters", 2, "--finetune-iters", 2, "--synthetic-per-type", 1,
+           "--variants", "recipe", "--output", out)
+    tool(*run)
+    done = out / "seed0" / "ablation.json"
+    recipe = out / "seed0" / "recipe"
+    saved = json.loads(done.read_text())
+    assert saved["rows"]["recipe"]["settings"]["TEST_MASKNESS"] is True
+    trained = (recipe / "model_final.pth").stat().st_mtime
+    tool(*run)  # at today's settings: nothing evaluated again
+    assert not (recipe / "evaluation").exists()
+    saved["rows"]["recipe"]["settings"]["TEST_MASKNESS"] = False
+    saved["rows"]["recipe"]["AP"] = -1.0
+    done.write_text(json.dumps(saved))
+    config = recipe / "config.yaml"
+    config.write_text(config.read_text().replace("TEST_MASKNESS: true", "TEST_MASKNESS: false"))
+    tool(*run)
+    row = json.loads(done.read_text())["rows"]["recipe"]
+    assert (recipe / "evaluation" / "inference" / "results.json").is_file()
+    assert row["settings"]["TEST_MASKNESS"] is True and row["AP"] >= 0
+    assert (recipe / "model_final.pth").stat().st_mtime == trained
+
+
 def test_each_class_threshold_where_its_f1_is_best(tmp_path):
     """calibration.best_thresholds: astro's cells scored 0.9, 0.8, 0.35, 0.3 and three
     misses below them (one a duplicate of a found cell) -> its best cut is just under 0.3 (every

@@ -10,7 +10,9 @@ the real validation images (split seed 0: sartorius_recon_val). Variants that ch
 of an iteration (no crops, native scale, no pretraining) get the recipe's wall time, converted
 with seconds per iteration measured in this run. Test-time levers re-evaluate the recipe's
 model. Writes OUTPUT/seed<N>/ablation.json; `--table` prints the markdown table of every seed
-found under OUTPUT. Run one process per seed (e.g. each pinned to a core with taskset).
+found under OUTPUT. Run one process per seed (e.g. each pinned to a core with taskset). A row
+stored there is reused only where it ran at today's test-time settings; otherwise its model is
+evaluated again (a trained variant's into <variant>/evaluation), not retrained.
 
     tools/ablate_real.py --folds 4 [--variants recipe,no_rot] [--pretrain-iters ...] ...
 
@@ -173,8 +175,15 @@ def run_seed(args):
                            "OUTPUT_DIR", os.path.join(out, "pretrain"), *common],
                   data_root, os.path.join(out, "pretrain.log"))
     s_it["pretrain_ran"] = seconds_per_iteration(os.path.join(out, "pretrain", "metrics.json"))
+    def current(name, opts):
+        """Today's test-time settings for a row, and whether its stored row ran at them (a
+        row from before a test-time change of the recipe is evaluated again)."""
+        wanted = test_time_settings(load_cfg(config, [str(o) for o in common + opts]))
+        return wanted, name in rows and rows[name].get("settings") == wanted
+
     for name, (what, opts, _, from_pretrained) in TRAIN_VARIANTS.items():
-        if (name not in args.variants and name != "recipe") or name in rows:
+        wanted, fresh = current(name, opts)
+        if (name not in args.variants and name != "recipe") or fresh:
             continue
         iters = variant_iters(name, args, s_it)
         folder = os.path.join(out, name)
@@ -182,16 +191,23 @@ def run_seed(args):
             train_net(config, ["MODEL.WEIGHTS", pretrained if from_pretrained else "",
                                *schedule(iters), "TEST.EVAL_PERIOD", iters, "OUTPUT_DIR", folder,
                                *common, *opts], data_root, folder + ".log")
-        rows[name] = dict(final_metrics(folder), what=what, iterations=iters,
+        if evaluated_with(folder) == wanted:  # at the end of its training
+            metrics = final_metrics(folder)
+        else:  # trained before a test-time change: its model evaluated again, not retrained
+            metrics = evaluate(config, os.path.join(folder, "model_final.pth"), common + opts,
+                               os.path.join(folder, "evaluation"), data_root)
+        rows[name] = dict(metrics, what=what, iterations=iters, settings=wanted,
                           s_it=seconds_per_iteration(os.path.join(folder, "metrics.json")))
         print(name, rows[name], flush=True)
         write_json(done, {"s_it": s_it, "rows": rows})
     recipe_model = os.path.join(out, "recipe", "model_final.pth")
     for name, (what, opts) in TEST_VARIANTS.items():
-        if name not in args.variants or name in rows:
+        wanted, fresh = current(name, opts)
+        if name not in args.variants or fresh:
             continue
-        rows[name] = dict(evaluate(config, recipe_model, opts, os.path.join(out, name),
-                                   data_root), what=what, iterations=args.finetune_iters)
+        rows[name] = dict(evaluate(config, recipe_model, common + opts, os.path.join(out, name),
+                                   data_root), what=what, iterations=args.finetune_iters,
+                          settings=wanted)
         print(name, rows[name], flush=True)
         write_json(done, {"s_it": s_it, "rows": rows})
 
@@ -311,9 +327,10 @@ def test_time_settings(cfg) -> dict:
     """What, besides the weights, decides an evaluation: MODEL.YOLACT's test-time keys, the
     test scale and the detections kept per image."""
     y = cfg.MODEL.YOLACT
-    return dict({k: y[k] for k in y if "TEST" in k},
-                scale=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST),
-                detections=cfg.TEST.DETECTIONS_PER_IMAGE)
+    settings = dict({k: y[k] for k in y if "TEST" in k},
+                    scale=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST),
+                    detections=cfg.TEST.DETECTIONS_PER_IMAGE)
+    return json.loads(json.dumps(settings))  # as a row stored in JSON holds them
 
 
 def evaluated_with(folder: str):
