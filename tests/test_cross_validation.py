@@ -125,6 +125,17 @@ def test_cross_validation_runs_end_to_end(tiny_synthetic, tmp_path):
     assert (recipe / "fold0" / "evaluation" / "inference" / "real_val").is_dir()
     assert not (recipe / "fold1" / "evaluation").exists()
     assert trained == [(recipe / f"fold{f}" / "model_final.pth").stat().st_mtime for f in (0, 1)]
+    # A fold model trained with other training settings is refused, not reported as today's.
+    config = recipe / "fold1" / "config.yaml"
+    assert "AGNOSTIC_DETECTION: true" in config.read_text()
+    config.write_text(config.read_text().replace("AGNOSTIC_DETECTION: true",
+                                                 "AGNOSTIC_DETECTION: false"))
+    proc = tool("ablate_real.py", "--data", tiny_synthetic / "synthetic", "--folds", 2,
+                "--pretrain-iters", 2, "--finetune-iters", 2, "--synthetic-per-type", 1,
+                "--amp", "float32", "--output", out, check=False)
+    assert proc.returncode != 0
+    assert "fold1 was trained with other settings" in proc.stderr
+    assert "MODEL.YOLACT.AGNOSTIC_DETECTION" in proc.stderr
 
 
 def test_fixed_split_rows_are_evaluated_again_after_a_test_time_change(tiny_synthetic, tmp_path):

@@ -90,10 +90,10 @@ TRAIN_VARIANTS = {
     # process cuts its mask straight; the loss trains the window past the box as well)
     "mask_box_grow_0.2": ("masks trained and read over the box grown by 20% per side",
                           ["MODEL.YOLACT.MASK_BOX_GROW", "0.2"], None, True),
-    # the issue's first lever: anchors learn cell or background only, the type per image
-    # comes from the semantic head (the recipe's TEST_TYPE_VOTE "semantic")
-    "agnostic": ("detections trained class-agnostic (cell or background), type from the "
-                 "semantic head", ["MODEL.YOLACT.AGNOSTIC_DETECTION", "True"], None, True),
+    # the recipe's anchors learn cell or background only (AGNOSTIC_DETECTION); this undoes it
+    "typed_detection": ("detections trained per type (softmax over the classes) instead of "
+                        "cell or background", ["MODEL.YOLACT.AGNOSTIC_DETECTION", "False"], None,
+                        True),
     "part_iou": ("background anchors centred on a cell, no larger than it, ignored",
                  ["MODEL.YOLACT.PART_IOU", "0.4"], None, True),
 }
@@ -111,8 +111,6 @@ TEST_VARIANTS = {
                         ["MODEL.YOLACT.MASK_THRESH_TEST", "0.3"]),
     "no_maskness": ("class scores alone (no x the mask's mean probability)",
                     ["MODEL.YOLACT.TEST_MASKNESS", "False"]),
-    "type_by_detections": ("each image's type voted by its detections, not the semantic head",
-                           ["MODEL.YOLACT.TEST_TYPE_VOTE", "detections"]),
     "no_test_flips": ("no test-time flips (one view instead of 4)",
                       ["MODEL.YOLACT.TEST_FLIPS", "[]"]),
     # astrocytes (twice the others' diameter) segmented again at a smaller scale
@@ -187,7 +185,10 @@ def run_seed(args):
             continue
         iters = variant_iters(name, args, s_it)
         folder = os.path.join(out, name)
-        if not os.path.isfile(os.path.join(folder, "model_final.pth")):
+        if os.path.isfile(os.path.join(folder, "model_final.pth")):
+            check_trained_with(folder, training_settings(load_cfg(config, [
+                str(o) for o in common + opts])))
+        else:
             train_net(config, ["MODEL.WEIGHTS", pretrained if from_pretrained else "",
                                *schedule(iters), "TEST.EVAL_PERIOD", iters, "OUTPUT_DIR", folder,
                                *common, *opts], data_root, folder + ".log")
@@ -290,11 +291,15 @@ def run_cv(args):
             (what, opts), iters = TEST_VARIANTS[name], variant_iters("recipe", args, s_it)
         os.makedirs(os.path.join(out, name), exist_ok=True)
         wanted = test_time_settings(load_cfg(config, [str(o) for o in common + opts]))
+        trained_wanted = training_settings(load_cfg(config, [str(o) for o in common + (
+            opts if name in TRAIN_VARIANTS else [])]))
         fold_results, fold_images = [], []
         for f, root in enumerate(roots):
             folder = os.path.join(out, name, f"fold{f}")
             weights = os.path.join(out, name if name in TRAIN_VARIANTS else "recipe", f"fold{f}",
                                    "model_final.pth")
+            if os.path.isfile(weights):
+                check_trained_with(os.path.dirname(weights), trained_wanted)
             if name in TRAIN_VARIANTS:
                 if not os.path.isfile(weights):  # evaluated at the end of its training
                     train_net(config, ["MODEL.WEIGHTS", pretrained if from_pretrained else "",
@@ -331,6 +336,39 @@ def test_time_settings(cfg) -> dict:
                     scale=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST),
                     detections=cfg.TEST.DETECTIONS_PER_IMAGE)
     return json.loads(json.dumps(settings))  # as a row stored in JSON holds them
+
+
+def training_settings(cfg) -> dict:
+    """What, besides the data and the schedule, decides a trained model: MODEL and INPUT less
+    their test-time keys, the starting weights and what training measures on its data (the
+    cells' diameters)."""
+    test = set(test_time_settings(cfg)) | {"WEIGHTS", "MIN_SIZE_TEST", "MAX_SIZE_TEST",
+                                           "CELL_DIAMETER", "CELL_DIAMETER_BY_CLASS"}
+
+    def strip(node):
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in node.items()
+                if k not in test}
+    return json.loads(json.dumps({"MODEL": strip(cfg.MODEL), "INPUT": strip(cfg.INPUT)}))
+
+
+def check_trained_with(folder: str, wanted: dict) -> None:
+    """SystemExit (one line) where the model in ``folder`` was trained with other settings than
+    today's: reusing it would report today's recipe with another's model."""
+    def first_difference(a, b, path=""):
+        for k in sorted(set(a) | set(b)):
+            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+                found = first_difference(a[k], b[k], f"{path}{k}.")
+                if found:
+                    return found
+            elif a.get(k) != b.get(k):
+                return path + k
+        return None
+
+    key = first_difference(wanted, training_settings(load_cfg(os.path.join(folder,
+                                                                            "config.yaml"))))
+    if key:
+        raise SystemExit(f"error: {folder} was trained with other settings than today's ({key} "
+                         f"differs): give a new --output, or move that folder away")
 
 
 def evaluated_with(folder: str):
