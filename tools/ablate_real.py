@@ -173,22 +173,25 @@ def run_seed(args):
                            "OUTPUT_DIR", os.path.join(out, "pretrain"), *common],
                   data_root, os.path.join(out, "pretrain.log"))
     s_it["pretrain_ran"] = seconds_per_iteration(os.path.join(out, "pretrain", "metrics.json"))
-    def current(name, opts):
+    def current(name, cfg):
         """Today's test-time settings for a row, and whether its stored row ran at them (a
         row from before a test-time change of the recipe is evaluated again)."""
-        wanted = test_time_settings(load_cfg(config, [str(o) for o in common + opts]))
+        wanted = test_time_settings(cfg)
         return wanted, name in rows and rows[name].get("settings") == wanted
 
     for name, (what, opts, _, from_pretrained) in TRAIN_VARIANTS.items():
-        wanted, fresh = current(name, opts)
-        if (name not in args.variants and name != "recipe") or fresh:
+        if name not in args.variants and name != "recipe":
+            continue
+        cfg = load_cfg(config, [str(o) for o in common + opts])
+        folder = os.path.join(out, name)
+        trained = os.path.isfile(os.path.join(folder, "model_final.pth"))
+        if trained:  # before its row is reused: the test variants read the recipe's model
+            check_trained_with(folder, training_settings(cfg))
+        wanted, fresh = current(name, cfg)
+        if fresh:
             continue
         iters = variant_iters(name, args, s_it)
-        folder = os.path.join(out, name)
-        if os.path.isfile(os.path.join(folder, "model_final.pth")):
-            check_trained_with(folder, training_settings(load_cfg(config, [
-                str(o) for o in common + opts])))
-        else:
+        if not trained:
             train_net(config, ["MODEL.WEIGHTS", pretrained if from_pretrained else "",
                                *schedule(iters), "TEST.EVAL_PERIOD", iters, "OUTPUT_DIR", folder,
                                *common, *opts], data_root, folder + ".log")
@@ -203,8 +206,10 @@ def run_seed(args):
         write_json(done, {"s_it": s_it, "rows": rows})
     recipe_model = os.path.join(out, "recipe", "model_final.pth")
     for name, (what, opts) in TEST_VARIANTS.items():
-        wanted, fresh = current(name, opts)
-        if name not in args.variants or fresh:
+        if name not in args.variants:
+            continue
+        wanted, fresh = current(name, load_cfg(config, [str(o) for o in common + opts]))
+        if fresh:
             continue
         rows[name] = dict(evaluate(config, recipe_model, common + opts, os.path.join(out, name),
                                    data_root), what=what, iterations=args.finetune_iters,
@@ -290,9 +295,9 @@ def run_cv(args):
         else:
             (what, opts), iters = TEST_VARIANTS[name], variant_iters("recipe", args, s_it)
         os.makedirs(os.path.join(out, name), exist_ok=True)
-        wanted = test_time_settings(load_cfg(config, [str(o) for o in common + opts]))
-        trained_wanted = training_settings(load_cfg(config, [str(o) for o in common + (
-            opts if name in TRAIN_VARIANTS else [])]))
+        cfg = load_cfg(config, [str(o) for o in common + opts])
+        wanted = test_time_settings(cfg)  # a test variant's opts are test-time keys only:
+        trained_wanted = training_settings(cfg)  # its training settings are the recipe's
         fold_results, fold_images = [], []
         for f, root in enumerate(roots):
             folder = os.path.join(out, name, f"fold{f}")
