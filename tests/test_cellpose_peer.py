@@ -165,3 +165,37 @@ def test_synthetic_images_become_cellpose_training_pairs(tmp_path):
     for image, label in zip(images, labels):
         assert image.shape == label.shape == (520, 704) and image.dtype == np.uint8
         assert label.max() >= 5 and set(np.unique(label)) == set(range(label.max() + 1))
+
+
+def test_training_stops_at_the_deadline_and_keeps_the_network(tmp_path):
+    """A machine slower than in the timing run: the planned epochs would overrun the budget,
+    so training stops at the deadline and saves the network where train_seg saves it."""
+    import time
+
+    import torch
+    from cellpose import dynamics
+
+    from cellseg_d2.peers.cellpose_peer import (
+        MODEL_NAME,
+        load_model,
+        new_model,
+        synthetic_pairs,
+        train_epochs,
+    )
+
+    images, labels = synthetic_pairs(str(tmp_path), 1, seed=0)
+    flows = dynamics.labels_to_flows(labels, device=torch.device("cpu"))
+    t0 = time.time()
+    path, batches = train_epochs(images, flows, 30, str(tmp_path), 0, deadline=t0 + 10)
+    took = time.time() - t0
+    assert batches is not None and 1 <= batches < 30, batches  # one batch per epoch here
+    assert took < 10 + 30, took  # at most the batch under way, nothing after it
+    assert path == str(tmp_path / "models" / MODEL_NAME)
+    model = load_model(path)
+    trained = dict(model.net.named_parameters())
+    fresh = dict(new_model(0).net.named_parameters())
+    assert any(not torch.equal(trained[k], fresh[k]) for k in trained)  # the steps it took
+
+    (tmp_path / "full").mkdir()
+    path, batches = train_epochs(images, flows, 1, str(tmp_path / "full"), 0)
+    assert batches is None and (tmp_path / "full" / "models" / MODEL_NAME).is_file()

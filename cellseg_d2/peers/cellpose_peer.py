@@ -131,15 +131,40 @@ def new_model(seed: int):
                                 diam_mean=DIAM_MEAN, nchan=2)
 
 
-def train_epochs(images, flows, n_epochs: int, save_path: str, seed: int) -> str:
-    """Cellpose's own train_seg from random weights; returns the saved model's path."""
+class _DeadlineReached(Exception):
+    pass
+
+
+def train_epochs(images, flows, n_epochs: int, save_path: str, seed: int,
+                 deadline: float | None = None) -> tuple[str, int | None]:
+    """Cellpose's own train_seg from random weights; returns (the saved model's path, None),
+    or, where the clock passes ``deadline`` (time.time()) first, the network as it is then,
+    saved where train_seg saves it, and the number of training batches it took."""
     from cellpose import train
 
     model = new_model(seed)
-    path = train.train_seg(model.net, train_data=images, train_labels=flows, channels=[0, 0],
-                           normalize=True, n_epochs=n_epochs, save_path=save_path,
-                           save_every=max(n_epochs, 1), model_name=MODEL_NAME, **SETTINGS)[0]
-    return str(path)
+    batches = 0
+
+    def before_batch(net, _inputs):  # train_seg has no callback; its network has hooks
+        nonlocal batches
+        if net.training:
+            if deadline is not None and time.time() > deadline:
+                raise _DeadlineReached  # before this batch's forward: no half step
+            batches += 1
+
+    hook = model.net.register_forward_pre_hook(before_batch)
+    try:
+        path = train.train_seg(model.net, train_data=images, train_labels=flows,
+                               channels=[0, 0], normalize=True, n_epochs=n_epochs,
+                               save_path=save_path, save_every=max(n_epochs, 1),
+                               model_name=MODEL_NAME, **SETTINGS)[0]
+    except _DeadlineReached:
+        path = os.path.join(save_path, "models", MODEL_NAME)
+        model.net.save_model(path)
+        return path, batches  # the batches that took their step before the clock ran out
+    finally:
+        hook.remove()
+    return str(path), None
 
 
 def plan_epochs(budget_s: float, elapsed_s: float, s_per_epoch: float, reserve_s: float) -> int:
@@ -186,7 +211,7 @@ def train(coco: dict, output: str, minutes: float, seed: int, epochs: int | None
     # Cellpose's flow targets, once: every train_seg call below reuses them.
     flows = dynamics.labels_to_flows(labels, device=torch.device("cpu"))
     batches = math.ceil(len(images) / SETTINGS["batch_size"])  # per epoch
-    s_epoch = None
+    s_epoch = deadline = None
     if epochs is None:
         with tempfile.TemporaryDirectory(dir=output) as tmp:
             train_epochs(images, flows, 1, tmp, seed)
@@ -196,18 +221,31 @@ def train(coco: dict, output: str, minutes: float, seed: int, epochs: int | None
         megapixels = sum(im["height"] * im["width"] for im in coco["val"]["images"]) / 1e6
         reserve = PREDICT_RESERVE_S[0] + PREDICT_RESERVE_S[1] * megapixels
         epochs = plan_epochs(budget, time.time() - start, s_epoch, reserve)
+        # A machine that slows down after the timing run (another process on its cores)
+        # would carry the planned epochs past the budget: training stops where it must.
+        deadline = start + budget - reserve
         print(f"[cellpose] {s_epoch:.1f} s per epoch ({batches} batches of "
               f"{SETTINGS['batch_size']} crops): {epochs} epochs fit in the budget", flush=True)
     if progress:
         show_progress()
     t0 = time.time()
-    model_path = train_epochs(images, flows, epochs, output, seed)
+    model_path, stopped_after = train_epochs(images, flows, epochs, output, seed, deadline)
     train_s = time.time() - t0
+    done = epochs * batches if stopped_after is None else stopped_after
+    if done == 0:
+        raise PeerError(f"the budget ran out before the first training batch ({train_s:.0f} s "
+                        f"into training, planned at {s_epoch:.1f} s per epoch): the machine ran "
+                        f"far slower than in the timing run; raise --minutes")
+    if stopped_after is not None:
+        print(f"[cellpose] the budget ran out after {done} of {epochs * batches} batches (the "
+              f"machine ran slower than in the timing run): the network as it was then is "
+              f"kept, without the rest of its learning-rate schedule", flush=True)
     summary = {"cellpose": require_cellpose(), "seed": seed, "train_images": n_real,
                "synthetic_images": len(images) - n_real,
                "epochs": epochs, "calibrated_s_per_epoch": s_epoch,
-               "s_per_epoch": train_s / epochs,
-               "s_per_batch": train_s / (epochs * batches),
+               "stopped_at_deadline": stopped_after is not None, "batches": done,
+               "s_per_epoch": train_s * batches / max(done, 1),
+               "s_per_batch": train_s / max(done, 1),
                "train_s": train_s, "threads": torch.get_num_threads(),
                "settings": dict(SETTINGS, diam_mean=DIAM_MEAN),
                "model": os.path.relpath(model_path, output)}

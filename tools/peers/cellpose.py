@@ -9,10 +9,12 @@
 train reads --data as tools/train_real.py does (the Kaggle layout or a COCO JSON; the same
 split and seed, so the same training and validation images), trains Cellpose's network from
 random weights with Cellpose's own command-line settings for as many epochs as --minutes holds
-(after a 3-epoch timing run), then predicts the validation images into OUTPUT/val_labels/ and
-scores them into OUTPUT/evaluation/ with tools/evaluate.py, all within --minutes. OUTPUT holds
-models/cellpose_model (a Cellpose model file: cellpose's GUI and CLI open it too),
-data/annotations/{train,val,test}.json and cellpose_train.json (epochs, s/epoch, wall time).
+(after a 3-epoch timing run; where the machine slows down after it, training stops at the
+budget's deadline and keeps the network as it is then), then predicts the validation images
+into OUTPUT/val_labels/ and scores them into OUTPUT/evaluation/ with tools/evaluate.py, all
+within --minutes. OUTPUT holds models/cellpose_model (a Cellpose model file: cellpose's GUI
+and CLI open it too), data/annotations/{train,val,test}.json and cellpose_train.json (epochs,
+batches, s/epoch, wall time).
 
 predict writes one label TIFF per image (<name>.tif: 0 background, cells 1..N), scores.csv
 (file, label, score: each cell's mean cell probability, which tools/evaluate.py uses to rank
@@ -81,7 +83,9 @@ def run_train(args) -> int:
         summary["wall_s"] = time.time() - start
         summary["minutes"] = args.minutes
         write_json(os.path.join(out, peer.SUMMARY), summary)
-    print(f"[cellpose] {summary['epochs']} epochs in {summary['train_s'] / 60:.1f} min "
+    ran = (f"{summary['batches']} batches ({summary['epochs']} epochs planned; stopped at the "
+           f"budget)" if summary["stopped_at_deadline"] else f"{summary['epochs']} epochs")
+    print(f"[cellpose] {ran} in {summary['train_s'] / 60:.1f} min "
           f"({summary['s_per_epoch']:.1f} s/epoch); wall {summary['wall_s'] / 60:.1f} min "
           f"-> {args.output}/")
     return 0
