@@ -118,6 +118,11 @@ TEST_VARIANTS = {
                       ["MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 0.6667, 1.0]"]),
     "test_astro_0.75x": ("astro-voted images at 0.75x instead of 1.5x",
                          ["MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 0.5, 1.0]"]),
+    # and at a larger one: the fourth round's weaker one-core models gained there
+    "test_astro_1.75x": ("astro-voted images at 1.75x instead of 1.5x",
+                         ["MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 1.1667, 1.0]"]),
+    "test_astro_2x": ("astro-voted images at 2x instead of 1.5x",
+                      ["MODEL.YOLACT.TEST_RESCALE_BY_TYPE", "[1.3333, 1.3333, 1.0]"]),
 }
 
 
