@@ -244,8 +244,8 @@ def train(coco: dict, output: str, minutes: float, seed: int, epochs: int | None
                "synthetic_images": len(images) - n_real,
                "epochs": epochs, "calibrated_s_per_epoch": s_epoch,
                "stopped_at_deadline": stopped_after is not None, "batches": done,
-               "s_per_epoch": train_s * batches / max(done, 1),
-               "s_per_batch": train_s / max(done, 1),
+               "s_per_epoch": train_s * batches / done,
+               "s_per_batch": train_s / done,
                "train_s": train_s, "threads": torch.get_num_threads(),
                "settings": dict(SETTINGS, diam_mean=DIAM_MEAN),
                "model": os.path.relpath(model_path, output)}
