@@ -598,10 +598,11 @@ def test_mask_loss_covers_the_box_and_a_margin_only():
     gt[0, 4:8, 4:8] = 1
     box = torch.tensor([[16.0, 16.0, 32.0, 32.0]])  # stride 4 -> proto pixels 4..7
     # grow 0.25 of 16 px = 4 px = one proto pixel per side: pixels 3..8
-    for margin, grow, first_outside in ((0.0, 0.0, 8), (1.0, 0.0, 9), (0.0, 0.25, 9),
-                                        (1.0, 0.25, 10)):
-        def loss(p, margin=margin, grow=grow):
-            return mask_loss(p, coefs, gt, box, stride=4, margin=margin, grow=grow)
+    for margin, grow, first_outside, dice in ((0.0, 0.0, 8, 0.0), (1.0, 0.0, 9, 0.0),
+                                              (0.0, 0.25, 9, 0.0), (1.0, 0.25, 10, 0.0),
+                                              (1.0, 0.0, 9, 1.0)):
+        def loss(p, margin=margin, grow=grow, dice=dice):
+            return mask_loss(p, coefs, gt, box, stride=4, margin=margin, grow=grow, dice=dice)
         base = loss(proto)
         changed = proto.clone()
         changed[:, first_outside:, first_outside:] += 5.0
@@ -612,6 +613,36 @@ def test_mask_loss_covers_the_box_and_a_margin_only():
         changed = proto.clone()
         changed[:, 12 - first_outside, 12 - first_outside] += 5.0  # first pixel inside
         assert not torch.allclose(loss(changed), base)
+
+
+def test_mask_dice_adds_the_overlap_loss_over_the_box():
+    torch.manual_seed(0)
+    proto, coefs = torch.randn(4, 16, 16), torch.randn(2, 4)
+    gt = torch.zeros(2, 16, 16)
+    gt[0, 4:8, 4:8] = 1
+    gt[1, 2:12, 2:3] = 0.5  # a thin process, half covered
+    boxes = torch.tensor([[16.0, 16.0, 32.0, 32.0], [8.0, 8.0, 48.0, 48.0]])
+    bce = mask_loss(proto, coefs, gt, boxes, stride=4)
+    prob = torch.sigmoid(torch.einsum("khw,nk->nhw", proto, coefs))
+    expected = []
+    for i, (y0, y1) in enumerate(((3, 9), (1, 13))):  # the box and one proto pixel
+        p, g = prob[i, y0:y1, y0:y1], gt[i, y0:y1, y0:y1]
+        expected.append(1 - (2 * (p * g).sum() + 1) / ((p * p).sum() + (g * g).sum() + 1))
+    with_dice = mask_loss(proto, coefs, gt, boxes, stride=4, dice=0.5)
+    assert torch.allclose(with_dice, bce + 0.5 * sum(expected), atol=1e-5)
+    # a mask that matches its cell: Dice near 0; one that misses it: near 1
+    exact = torch.where(gt[:1] > 0, 20.0, -20.0)
+    exact_coefs = torch.eye(1)
+    assert mask_loss(exact, exact_coefs, gt[:1], boxes[:1], stride=4, dice=1.0) < 0.01
+    assert mask_loss(-exact, exact_coefs, gt[:1], boxes[:1], stride=4, dice=1.0) > 20
+
+    model = build_model(tiny_cfg(**{"MODEL.YOLACT.MASK_DICE_WEIGHT": 1.0})).train()
+    batch = [make_input(96, 128, 6)]
+    torch.manual_seed(1)  # the same masks trained in both runs
+    dice_loss = model(batch)["loss_mask"]
+    model.mask_dice = 0.0
+    torch.manual_seed(1)
+    assert model(batch)["loss_mask"] < dice_loss
 
 
 def test_mask_box_grow_trains_and_reads_masks_past_the_box():

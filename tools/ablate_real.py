@@ -98,6 +98,9 @@ TRAIN_VARIANTS = {
     # astrocytes third, fourth and seventh rounds): their loss weighted twice
     "mask_weight_2x": ("mask loss weighted 12.25 instead of 6.125",
                        ["MODEL.YOLACT.MASK_LOSS_WEIGHT", "12.25"], None, True),
+    # BCE over a sprawling astrocyte's box is mostly background pixels; Dice weighs the overlap
+    "mask_dice_1": ("mask loss BCE + 1 x Dice instead of BCE alone",
+                    ["MODEL.YOLACT.MASK_DICE_WEIGHT", "1.0"], None, True),
     "part_iou": ("background anchors centred on a cell, no larger than it, ignored",
                  ["MODEL.YOLACT.PART_IOU", "0.4"], None, True),
 }

@@ -51,7 +51,7 @@ def box_region(boxes, height: int, width: int):
 
 
 def mask_loss(proto, coefs, gt_masks, gt_boxes, stride: float, margin: float = 1.0,
-              grow: float = 0.0):
+              grow: float = 0.0, dice: float = 0.0):
     """Per instance: BCE between sigmoid(proto . coef) and its ground-truth mask, summed over
     the ground-truth box grown by ``grow`` of its size per side and then widened by ``margin``
     prototype pixels, and divided by that region's area, so small and large cells weigh alike.
@@ -65,6 +65,10 @@ def mask_loss(proto, coefs, gt_masks, gt_boxes, stride: float, margin: float = 1
 
     ``grow`` trains the window that inference reads past a predicted box (MASK_BOX_GROW)
     towards this cell's mask and away from its neighbours'.
+
+    ``dice`` adds that weight x the instance's Dice loss over the same region (1 - 2|p g| /
+    (|p|^2 + |g|^2), SOLO's form): BCE is a per-pixel mean, so a thin process that covers a few
+    percent of a sprawling cell's box costs a few percent of it; Dice scores the overlap itself.
     """
     logits = assemble_masks(proto, coefs)
     boxes = grown_boxes(gt_boxes, grow) / stride + torch.tensor([-margin, -margin, margin, margin],
@@ -72,7 +76,13 @@ def mask_loss(proto, coefs, gt_masks, gt_boxes, stride: float, margin: float = 1
     region = box_region(boxes, *proto.shape[1:]).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, gt_masks, reduction="none") * region
     area = region.sum(dim=(1, 2)).clamp(min=1.0)
-    return (bce.sum(dim=(1, 2)) / area).sum()
+    loss = bce.sum(dim=(1, 2)) / area
+    if dice:
+        p = torch.sigmoid(logits) * region
+        g = gt_masks * region
+        overlap = 2.0 * (p * g).sum(dim=(1, 2))
+        loss = loss + dice * (1.0 - (overlap + 1.0) / ((p * p + g * g).sum(dim=(1, 2)) + 1.0))
+    return loss.sum()
 
 
 def semantic_loss(seg_logits, targets):

@@ -72,6 +72,7 @@ class Yolact(DenseDetector):
         self.topk_candidates = y.TOPK_CANDIDATES_TEST
         self.mask_thresh = y.MASK_THRESH_TEST
         self.mask_box_grow = y.MASK_BOX_GROW
+        self.mask_dice = y.MASK_DICE_WEIGHT
         self.maskness = y.TEST_MASKNESS
         self.semantic_vote = y.TEST_TYPE_VOTE == "semantic"
         self.agnostic = y.AGNOSTIC_DETECTION
@@ -146,7 +147,8 @@ class Yolact(DenseDetector):
             if m is not None:
                 loss_mask = loss_mask + mask_loss(proto[i], coefs[i, m.anchors], m.coverage,
                                                   m.boxes, self.proto_stride,
-                                                  grow=self.mask_box_grow)
+                                                  grow=self.mask_box_grow,
+                                                  dice=self.mask_dice)
         losses = {"loss_cls": loss_cls / targets.num_positive,
                   "loss_box": loss_box / targets.num_positive,
                   "loss_mask": loss_mask / targets.num_masks,
