@@ -98,11 +98,22 @@ def test_pooling_refuses_overlapping_or_stray_folds():
 
 def test_cross_validation_runs_end_to_end(tiny_synthetic, tmp_path):
     """tools/ablate_real.py --folds 2 on 6 small images: folds written, one pretraining,
-    each fold fine-tuned and evaluated, the pooled report over all 6 images."""
+    each fold fine-tuned and evaluated, the pooled report over all 6 images. A variant whose
+    network the shared pretraining cannot fill (64 prototypes) pretrains its own."""
     out = tmp_path / "cv"
     proc = tool("ablate_real.py", "--data", tiny_synthetic / "synthetic", "--folds", 2,
                 "--pretrain-iters", 2, "--finetune-iters", 2, "--synthetic-per-type", 1,
-                "--amp", "float32", "--output", out)
+                "--amp", "float32", "--variants", "recipe,prototypes_64", "--output", out)
+    run = out / "cv2_seed0"
+    own = load_cfg(str(run / "pretrain_prototypes_64" / "config.yaml"))
+    assert own.MODEL.YOLACT.NUM_PROTOTYPES == 64 and own.SOLVER.MAX_ITER == 2
+    assert load_cfg(str(run / "pretrain" / "config.yaml")).MODEL.YOLACT.NUM_PROTOTYPES == 32
+    for variant, start, prototypes in (("recipe", "pretrain", 32),
+                                       ("prototypes_64", "pretrain_prototypes_64", 64)):
+        for f in (0, 1):
+            fold = load_cfg(str(run / variant / f"fold{f}" / "config.yaml"))
+            assert fold.MODEL.WEIGHTS == str(run / start / "model_final.pth")
+            assert fold.MODEL.YOLACT.NUM_PROTOTYPES == prototypes
     report = json.loads((out / "cv2_seed0" / "recipe" / "cv.json").read_text())
     assert report["folds"] == 2 and set(report["recall_at_thresh"]) == {"shsy5y", "astro", "cort"}
     rows = (out / "cv2_seed0" / "recipe" / "per_image.csv").read_text().splitlines()

@@ -57,7 +57,10 @@ from cellseg_d2.utils import write_json
 CLASSES = ("shsy5y", "astro", "cort")
 with open(os.path.join(CONFIGS, "Base-YOLACT.yaml")) as f:
     BASE_ANCHORS = yaml.safe_load(f)["MODEL"]["ANCHOR_GENERATOR"]["SIZES"]
-# name -> (what the variant undoes or changes, config overrides, cost key or None, pretrained)
+# name -> (what the variant undoes or changes, config overrides, cost key or None, pretrained:
+# True from the shared synthetic pretraining, False from random weights, "own" from a synthetic
+# pretraining of its own, with its overrides and the same iterations: a network of another
+# shape, whose layers the shared one cannot fill)
 TRAIN_VARIANTS = {
     "recipe": ("the recipe", [], None, True),
     "no_pretrain": ("no synthetic pretraining (random init, same wall time)", [], None, False),
@@ -73,6 +76,10 @@ TRAIN_VARIANTS = {
                      "native_scale", True),
     "crop_384": ("384 px crops instead of 256 (same wall time)", ["INPUT.CROP.SIZE", "[384, 384]"],
                  "crop_384", True),
+    # iterations are scarce at the held-out check's length (~745 at 3 s/it): 0.56x the pixels
+    # buy ~1.8x the iterations in the same time (BENCHMARKS.md, fourth and fifth rounds)
+    "crop_192": ("192 px crops instead of 256 (same wall time)", ["INPUT.CROP.SIZE", "[192, 192]"],
+                 "crop_192", True),
     "anchors_1x": ("Base-YOLACT's anchors (sized for cells at the native scale)",
                    ["MODEL.ANCHOR_GENERATOR.SIZES", str(BASE_ANCHORS)], None, True),
     # the crop's pixels in fewer, larger crops: an iteration costs about the same, and a
@@ -101,6 +108,10 @@ TRAIN_VARIANTS = {
     # BCE over a sprawling astrocyte's box is mostly background pixels; Dice weighs the overlap
     "mask_dice_1": ("mask loss BCE + 1 x Dice instead of BCE alone",
                     ["MODEL.YOLACT.MASK_DICE_WEIGHT", "1.0"], None, True),
+    # the masks are linear combinations of the prototypes: twice as many to outline a sprawling
+    # cell's processes (BENCHMARKS.md, astrocytes fourth round: the mask itself limits them)
+    "prototypes_64": ("64 prototypes instead of 32", ["MODEL.YOLACT.NUM_PROTOTYPES", "64"], None,
+                      "own"),
     "part_iou": ("background anchors centred on a cell, no larger than it, ignored",
                  ["MODEL.YOLACT.PART_IOU", "0.4"], None, True),
 }
@@ -191,7 +202,7 @@ def run_seed(args):
         wanted = test_time_settings(cfg)
         return wanted, name in rows and rows[name].get("settings") == wanted
 
-    for name, (what, opts, _, from_pretrained) in TRAIN_VARIANTS.items():
+    for name, (what, opts, _, _) in TRAIN_VARIANTS.items():
         if name not in args.variants and name != "recipe":
             continue
         cfg = load_cfg(config, [str(o) for o in common + opts])
@@ -204,9 +215,10 @@ def run_seed(args):
             continue
         iters = variant_iters(name, args, s_it)
         if not trained:
-            train_net(config, ["MODEL.WEIGHTS", pretrained if from_pretrained else "",
-                               *schedule(iters), "TEST.EVAL_PERIOD", iters, "OUTPUT_DIR", folder,
-                               *common, *opts], data_root, folder + ".log")
+            start = starting_weights(name, config, out, args.pretrain_iters, common, data_root)
+            train_net(config, ["MODEL.WEIGHTS", start, *schedule(iters), "TEST.EVAL_PERIOD",
+                               iters, "OUTPUT_DIR", folder, *common, *opts], data_root,
+                      folder + ".log")
         if evaluated_with(folder) == wanted:  # at the end of its training
             metrics = final_metrics(folder)
         else:  # trained before a test-time change: its model evaluated again, not retrained
@@ -228,6 +240,22 @@ def run_seed(args):
                           settings=wanted)
         print(name, rows[name], flush=True)
         write_json(done, {"s_it": s_it, "rows": rows})
+
+
+def starting_weights(name: str, config: str, out: str, pretrain_iters: int, common: list,
+                     data_root: str) -> str:
+    """The weights a training variant fine-tunes from ("" for random ones); a variant with a
+    pretraining of its own trains it here the first time (the shared one exists already)."""
+    _, opts, _, source = TRAIN_VARIANTS[name]
+    if not source:
+        return ""
+    folder = os.path.join(out, "pretrain" if source is True else f"pretrain_{name}")
+    weights = os.path.join(folder, "model_final.pth")
+    if not os.path.isfile(weights):
+        train_net(config, ["DATASETS.TRAIN", "('synthetic_train',)", "MODEL.WEIGHTS", "",
+                           *schedule(pretrain_iters), "DATASETS.TEST", "()", "OUTPUT_DIR",
+                           folder, *common, *opts], data_root, folder + ".log")
+    return weights
 
 
 def variant_iters(name: str, args, s_it: dict) -> int:
@@ -302,7 +330,7 @@ def run_cv(args):
     thresh = args.score_thresh
     for name in variants:
         if name in TRAIN_VARIANTS:
-            what, opts, _, from_pretrained = TRAIN_VARIANTS[name]
+            what, opts, _, _ = TRAIN_VARIANTS[name]
             iters = variant_iters(name, args, s_it)
         else:
             (what, opts), iters = TEST_VARIANTS[name], variant_iters("recipe", args, s_it)
@@ -319,10 +347,11 @@ def run_cv(args):
                 check_trained_with(os.path.dirname(weights), trained_wanted)
             if name in TRAIN_VARIANTS:
                 if not os.path.isfile(weights):  # evaluated at the end of its training
-                    train_net(config, ["MODEL.WEIGHTS", pretrained if from_pretrained else "",
-                                       *schedule(iters), "TEST.EVAL_PERIOD", iters,
-                                       "OUTPUT_DIR", folder, *common, *opts], root,
-                              folder + ".log")
+                    start = starting_weights(name, config, out, args.pretrain_iters, common,
+                                             pre_root)
+                    train_net(config, ["MODEL.WEIGHTS", start, *schedule(iters),
+                                       "TEST.EVAL_PERIOD", iters, "OUTPUT_DIR", folder, *common,
+                                       *opts], root, folder + ".log")
                 if evaluated_with(folder) != wanted:
                     folder = os.path.join(folder, "evaluation")
             if evaluated_with(folder) != wanted:
