@@ -19,14 +19,16 @@ evaluated again (a trained variant's into <variant>/evaluation), not retrained.
 --folds K cross-validates instead (how recipe choices are judged: the 8 fixed validation
 images hold 2 astro and 1 shsy5y image): the images of --data are split into K folds
 stratified by cell type (every image validated once; sartorius_recon's 4 folds hold 2-3 astro
-and 1 shsy5y image each); one pretraining on synthetic images is shared, then each variant
-(default: the recipe) is fine-tuned on each fold's training images and its detections on the
-fold's validation images are pooled and scored against all the images at once: per-class AP,
-AP50, Kaggle, each class's recall at the prediction threshold (TEST.INSTANCE_SCORE_THRESH) and
-per-image counts. Writes OUTPUT/cv<K>_seed<N>/<variant>/cv.json and per_image.csv. A fold
-model already trained, or an evaluation already made, is reused; an evaluation only where it
-ran at today's test-time settings (the config's, with the variant's overrides): otherwise the
-model is evaluated again (a trained variant's into fold<F>/evaluation).
+and 1 shsy5y image each); one pretraining on synthetic images is shared (a variant whose
+network has another shape, such as prototypes_64, pretrains its own with its overrides), then
+each variant (default: the recipe) is fine-tuned on each fold's training images and its
+detections on the fold's validation images are pooled and scored against all the images at
+once: per-class AP, AP50, Kaggle, each class's recall at the prediction threshold
+(TEST.INSTANCE_SCORE_THRESH) and per-image counts. Writes
+OUTPUT/cv<K>_seed<N>/<variant>/cv.json and per_image.csv. A fold model already trained, or an
+evaluation already made, is reused; an evaluation only where it ran at today's test-time
+settings (the config's, with the variant's overrides): otherwise the model is evaluated again
+(a trained variant's into fold<F>/evaluation).
 """
 import argparse
 import glob
