@@ -65,6 +65,9 @@ with open(os.path.join(CONFIGS, "Base-YOLACT.yaml")) as f:
 # shape, whose layers the shared one cannot fill)
 TRAIN_VARIANTS = {
     "recipe": ("the recipe", [], None, True),
+    # the recipe again from another training seed (the same folds and shared pretraining):
+    # how far a fold moves by chance, the yardstick for every row beside it
+    "seed_1": ("the recipe, training seed 1", ["SEED", "1"], None, True),
     "no_pretrain": ("no synthetic pretraining (random init, same wall time)", [], None, False),
     "no_crop": ("whole images instead of 256 px crops (same wall time)",
                 ["INPUT.CROP.ENABLED", "False"], "no_crop", True),
