@@ -45,7 +45,8 @@ def add_yolact_config(cfg):
     _C.MASK_LOSS_WEIGHT = 6.125
     # Each instance's mask loss is its BCE (a per-pixel mean over its box) plus this weight x
     # its Dice loss over the same box, which scores overlap and so the thin processes of a
-    # sprawling cell that BCE averages away. 0: BCE alone, as YOLACT.
+    # sprawling cell that BCE averages away. 0: BCE alone, as YOLACT. At 1.0 no astro gain on
+    # a cross-validation fold of real cells (BENCHMARKS.md, "Astrocytes, eighth round").
     _C.MASK_DICE_WEIGHT = 0.0
     _C.SEMSEG_LOSS_WEIGHT = 1.0
     # Masks trained per image (random subset of positives); the reference uses 100, cell
