@@ -630,11 +630,13 @@ def test_mask_dice_adds_the_overlap_loss_over_the_box():
         expected.append(1 - (2 * (p * g).sum() + 1) / ((p * p).sum() + (g * g).sum() + 1))
     with_dice = mask_loss(proto, coefs, gt, boxes, stride=4, dice=0.5)
     assert torch.allclose(with_dice, bce + 0.5 * sum(expected), atol=1e-5)
-    # a mask that matches its cell: Dice near 0; one that misses it: near 1
+    # a mask that matches its cell: Dice near 0
     exact = torch.where(gt[:1] > 0, 20.0, -20.0)
     exact_coefs = torch.eye(1)
     assert mask_loss(exact, exact_coefs, gt[:1], boxes[:1], stride=4, dice=1.0) < 0.01
-    assert mask_loss(-exact, exact_coefs, gt[:1], boxes[:1], stride=4, dice=1.0) > 20
+    # the inverse mask over the 6x6 region: no overlap, 20 pixels of 1 beside 16 of the cell
+    missed = [mask_loss(-exact, exact_coefs, gt[:1], boxes[:1], stride=4, dice=d) for d in (0, 1)]
+    assert torch.isclose(missed[1] - missed[0], torch.tensor(1 - 1 / 37), atol=1e-4)
 
     model = build_model(tiny_cfg(**{"MODEL.YOLACT.MASK_DICE_WEIGHT": 1.0})).train()
     batch = [make_input(96, 128, 6)]

@@ -194,12 +194,7 @@ def run_seed(args):
         s_it[name] = calibrate(config, dataset, os.path.join(out, f"calibration_{name}"),
                                no_eval + common + opts, data_root)
     print(f"s/it: {s_it}", flush=True)
-    pretrained = os.path.join(out, "pretrain", "model_final.pth")
-    if not os.path.isfile(pretrained):
-        train_net(config, ["DATASETS.TRAIN", "('synthetic_train',)", "MODEL.WEIGHTS", "",
-                           *schedule(args.pretrain_iters), *no_eval,
-                           "OUTPUT_DIR", os.path.join(out, "pretrain"), *common],
-                  data_root, os.path.join(out, "pretrain.log"))
+    starting_weights("recipe", config, out, args.pretrain_iters, common, data_root)
     s_it["pretrain_ran"] = seconds_per_iteration(os.path.join(out, "pretrain", "metrics.json"))
     def current(name, cfg):
         """Today's test-time settings for a row, and whether its stored row ran at them (a
@@ -249,8 +244,8 @@ def run_seed(args):
 
 def starting_weights(name: str, config: str, out: str, pretrain_iters: int, common: list,
                      data_root: str) -> str:
-    """The weights a training variant fine-tunes from ("" for random ones); a variant with a
-    pretraining of its own trains it here the first time (the shared one exists already)."""
+    """The weights a training variant fine-tunes from ("" for random ones): the shared synthetic
+    pretraining (the recipe's) or the variant's own, trained here the first time it is asked for."""
     _, opts, _, source = TRAIN_VARIANTS[name]
     if not source:
         return ""
@@ -326,12 +321,7 @@ def run_cv(args):
                                       for v in trained if TRAIN_VARIANTS[v][2]]]:
             s_it[name] = calibrate(config, dataset, os.path.join(out, f"calibration_{name}"),
                                    no_eval + common + opts, roots[0])
-    pretrained = os.path.join(out, "pretrain", "model_final.pth")
-    if not os.path.isfile(pretrained):
-        train_net(config, ["DATASETS.TRAIN", "('synthetic_train',)", "MODEL.WEIGHTS", "",
-                           *schedule(args.pretrain_iters), *no_eval,
-                           "OUTPUT_DIR", os.path.join(out, "pretrain"), *common],
-                  pre_root, os.path.join(out, "pretrain.log"))
+    starting_weights("recipe", config, out, args.pretrain_iters, common, pre_root)
     thresh = args.score_thresh
     for name in variants:
         if name in TRAIN_VARIANTS:
