@@ -228,6 +228,19 @@ def polygons(cell: Cell) -> list:
     return sorted(out, key=lambda p: -abs(_area(p)))
 
 
+def main_outline(cell: Cell) -> np.ndarray:
+    """The outer outline (as ``polygons`` gives it) of the cell's piece with the most pixels:
+    the one polygon an ImageJ ROI holds. A cell in pieces can have a sparse ring enclosing
+    more area than its solid body; the ring's outline would mostly cover another cell."""
+    from scipy.ndimage import label as pieces
+
+    parts, n = pieces(cell.mask)  # 4-connected, as find_contours traces the foreground
+    if n > 1:
+        body = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
+        cell = Cell(cell.x0, cell.y0, body, cell.score, cell.cls, cell.box, cell.tile)
+    return polygons(cell)[0]
+
+
 def _area(poly: np.ndarray) -> float:
     x, y = poly[:, 0], poly[:, 1]
     return 0.5 * float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from .cells import label_source, polygons
+from .cells import label_source, main_outline, polygons
 from .utils import atomic_open, atomic_path
 
 # BGR outline colours by class where the metadata gives none (green, magenta, cyan, ...).
@@ -60,7 +60,7 @@ def _write_tiff(path, data, shape, dtype, **layout) -> None:
 
 
 def write_rois(path: str, cells: list, ids: list = None) -> None:
-    """ImageJ / Fiji ROI zip: one sub-pixel polygon ROI per cell (its outer outline), named by
+    """ImageJ / Fiji ROI zip: one sub-pixel polygon ROI per cell (``main_outline``), named by
     its id in the label image (``ids``; default 1..n in order), zero-padded so the ROI Manager
     lists them in order."""
     import roifile
@@ -70,7 +70,7 @@ def write_rois(path: str, cells: list, ids: list = None) -> None:
     with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
         for i, cell in zip(ids, cells):
             name = str(i).zfill(width)
-            roi = roifile.ImagejRoi.frompoints(polygons(cell)[0], name=name)
+            roi = roifile.ImagejRoi.frompoints(main_outline(cell), name=name)
             # a fixed entry time: the same cells give the same file
             info = zipfile.ZipInfo(f"{name}.roi", date_time=(1980, 1, 1, 0, 0, 0))
             z.writestr(info, roi.tobytes(), compress_type=zipfile.ZIP_DEFLATED)

@@ -144,6 +144,23 @@ def test_roi_zip_polygons_give_back_the_label_image(tmp_path):
     assert len(polygons(kept[0])) >= 1
 
 
+def test_a_cell_in_pieces_gets_the_roi_of_its_body_not_of_a_wider_ring(tmp_path):
+    """A sparse ring (208 px enclosing 784) beside a solid piece (460 px): the ROI is the
+    solid piece's outline, whose area the old largest-enclosed-area rule passed over."""
+    import roifile
+
+    mask = np.zeros((30, 60), bool)
+    mask[0:28, 0:28] = True
+    mask[2:26, 2:26] = False
+    mask[5:25, 35:58] = True
+    write_rois(str(tmp_path / "r.zip"), [Cell(10, 7, mask, 1.0, 0, np.zeros(4))])
+    (roi,) = roifile.roiread(str(tmp_path / "r.zip"))
+    filled = fill(roi.coordinates(), 40, 80)
+    body = np.zeros((40, 80), bool)
+    body[12:32, 45:68] = True
+    assert np.array_equal(filled, body)
+
+
 class LabelOracle:
     """Stands in for a trained model where the test needs exact answers: the image's pixels
     encode a label image (B + 256 G), and it "detects" every labelled cell it sees, cut to
