@@ -161,6 +161,33 @@ def test_a_cell_in_pieces_gets_the_roi_of_its_body_not_of_a_wider_ring(tmp_path)
     assert np.array_equal(filled, body)
 
 
+def test_roi_is_the_hole_filled_largest_piece_of_any_mask(tmp_path):
+    """Random blotchy masks in pieces, with holes and a thin ring (some enclosing more area
+    than the largest piece, as a model's cell around a higher-scored one): filling each ROI
+    gives exactly the largest 4-connected piece with its holes (8-connected background) filled."""
+    import roifile
+
+    rng = np.random.default_rng(0)
+    several = 0
+    for _ in range(40):
+        blur = cv2.GaussianBlur(rng.random((60, 80)).astype(np.float32), (0, 0), 2)
+        drawn = (blur > 0.55).astype(np.uint8)
+        centre = (int(rng.integers(20, 60)), int(rng.integers(20, 40)))
+        cv2.circle(drawn, centre, int(rng.integers(8, 20)), 1, 1, cv2.LINE_4)
+        truth = np.pad(drawn.astype(bool), ((4, 6), (3, 7)))
+        ys, xs = np.nonzero(truth)
+        mask = truth[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        write_rois(str(tmp_path / "r.zip"), [Cell(int(xs.min()), int(ys.min()), mask, 1.0, 0,
+                                                  np.zeros(4))])
+        (roi,) = roifile.roiread(str(tmp_path / "r.zip"))
+        n, parts = cv2.connectedComponents(truth.astype(np.uint8), connectivity=4)
+        several += n > 2
+        largest = binary_fill_holes(parts == 1 + np.argmax(np.bincount(parts.ravel())[1:]),
+                                    structure=np.ones((3, 3)))
+        assert np.array_equal(fill(roi.coordinates(), *truth.shape), largest)
+    assert several >= 30
+
+
 class LabelOracle:
     """Stands in for a trained model where the test needs exact answers: the image's pixels
     encode a label image (B + 256 G), and it "detects" every labelled cell it sees, cut to
