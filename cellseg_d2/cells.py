@@ -3,7 +3,7 @@
 computed from these crops, so nothing is ever n x H x W."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -237,7 +237,7 @@ def main_outline(cell: Cell) -> np.ndarray:
     parts, n = pieces(cell.mask)  # 4-connected, as find_contours traces the foreground
     if n > 1:
         body = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
-        cell = Cell(cell.x0, cell.y0, body, cell.score, cell.cls, cell.box, cell.tile)
+        cell = replace(cell, mask=body)
     return polygons(cell)[0]
 
 
